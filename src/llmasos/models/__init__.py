@@ -1,0 +1,7 @@
+"""Native Transformer models and Hugging Face checkpoint loading."""
+
+from llmasos.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
+from llmasos.models.decoder import DecoderLM
+from llmasos.models.loader import load_model
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "DecoderLM", "ModelConfig", "UnsupportedModelError", "load_model"]

@@ -1,0 +1,89 @@
+"""Attention over a paged KV cache.
+
+The cache of one layer is a pool of fixed-size blocks, `[num_blocks, block_size, kv_heads, head_dim]` for K
+and for V. A step's tokens arrive flattened: first one token for each decoding sequence, then the prefill
+chunks. New K/V are written to their slots, then each query attends to its sequence's blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillChunk:
+    start: int  # offset of the chunk's first token in the flattened step
+    length: int  # tokens in this chunk
+    context_len: int  # tokens of the sequence in cache after this chunk (cached prefix + chunk)
+    block_table: torch.Tensor  # [blocks] int64
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64: flat slot (block * block_size + offset) of each token
+    block_size: int
+    num_decodes: int = 0
+    decode_block_tables: torch.Tensor | None = None  # [B, max_blocks]
+    decode_context_lens: torch.Tensor | None = None  # [B]
+    decode_max_len: int = 0
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    heads, dim = k_cache.shape[-2:]
+    k_cache.view(-1, heads, dim).index_copy_(0, slots, k)
+    v_cache.view(-1, heads, dim).index_copy_(0, slots, v)
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, Hq, D]
+    k: torch.Tensor,  # [T, Hkv, D] (this step's keys, already written to the cache)
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    out = torch.empty_like(q)
+    hq, d = q.shape[1], q.shape[2]
+    hkv = k.shape[1]
+    group = hq // hkv
+    nd = meta.num_decodes
+    if nd:
+        bs = meta.block_size
+        nblocks = (meta.decode_max_len + bs - 1) // bs
+        tables = meta.decode_block_tables[:, :nblocks]
+        # Gather each sequence's blocks into one [B, L, Hkv, D] view; padding slots are masked below.
+        kd = k_cache[tables].view(nd, nblocks * bs, hkv, d).transpose(1, 2)
+        vd = v_cache[tables].view(nd, nblocks * bs, hkv, d).transpose(1, 2)
+        # GQA without repeating K/V: the `group` query heads of a KV head act as `group` query rows.
+        qd = q[:nd].view(nd, hkv, group, d)
+        mask = torch.arange(nblocks * bs, device=q.device)[None, :] < meta.decode_context_lens[:, None]
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None, :], scale=scale)
+        out[:nd] = o.reshape(nd, hq, d)
+    for p in meta.prefills:
+        qs = q[p.start : p.start + p.length].transpose(0, 1)  # [Hq, n, D]
+        if p.context_len == p.length:
+            ks = k[p.start : p.start + p.length].transpose(0, 1)
+            vs = v[p.start : p.start + p.length].transpose(0, 1)
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=group > 1)
+        else:
+            # Part of the context is cached (earlier chunks or a shared prefix): read it from the blocks.
+            slots = _slots(p.block_table, p.context_len, meta.block_size)
+            ks = k_cache.view(-1, hkv, d)[slots].transpose(0, 1)
+            vs = v_cache.view(-1, hkv, d)[slots].transpose(0, 1)
+            offset = p.context_len - p.length
+            qpos = torch.arange(p.length, device=q.device)[:, None] + offset
+            mask = torch.arange(p.context_len, device=q.device)[None, :] <= qpos
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=group > 1)
+        out[p.start : p.start + p.length] = o.transpose(0, 1)
+    return out
+
+
+def _slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    nblocks = (length + block_size - 1) // block_size
+    offs = torch.arange(block_size, device=block_table.device)
+    return (block_table[:nblocks, None] * block_size + offs[None, :]).reshape(-1)[:length]
