@@ -1,0 +1,101 @@
+"""Owns the model and its paged KV cache; turns a scheduled step into one forward pass."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from llmasos.kernel.scheduler import SchedulerOutput
+from llmasos.kernel.sequence import Sequence
+from llmasos.models.attention import AttentionMetadata, PrefillChunk
+from llmasos.models.config import ModelConfig
+from llmasos.models.decoder import DecoderLM
+
+
+def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def auto_kv_cache_bytes(device: torch.device) -> int:
+    """Default KV budget: 80% of free GPU memory, or a fifth of available RAM (at most 4 GiB) on CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(min(avail * 0.2, 4 << 30))
+
+
+class ModelRunner:
+    def __init__(self, model: DecoderLM, num_blocks: int, block_size: int) -> None:
+        self.model = model
+        cfg = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.block_size = block_size
+        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device),
+             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in range(cfg.num_layers)
+        ]
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        if not copies:
+            return
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        for k, v in self.kv_caches:
+            k[dst] = k[src]
+            v[dst] = v[src]
+
+    def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
+        bs, table = self.block_size, seq.block_table
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    @torch.inference_mode()
+    def execute(self, step: SchedulerOutput) -> tuple[torch.Tensor | None, list[Sequence]]:
+        """Run the step's forward pass. Returns logits for the sequences that now need a next token."""
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        to_sample: list[Sequence] = []
+        dev = self.device
+        for seq in step.decodes:
+            p = seq.num_computed_tokens
+            sample_rows.append(len(ids))
+            to_sample.append(seq)
+            ids.append(seq.token_ids[p])
+            pos.append(p)
+            slots += self._slots(seq, p, p + 1)
+        meta = AttentionMetadata(slot_mapping=torch.empty(0), block_size=self.block_size, num_decodes=len(step.decodes))
+        if step.decodes:
+            width = max(len(s.block_table) for s in step.decodes)
+            tables = [s.block_table + [0] * (width - len(s.block_table)) for s in step.decodes]
+            meta.decode_block_tables = torch.tensor(tables, dtype=torch.long, device=dev)
+            lens = [s.num_computed_tokens + 1 for s in step.decodes]
+            meta.decode_context_lens = torch.tensor(lens, dtype=torch.long, device=dev)
+            meta.decode_max_len = max(lens)
+        for seq, n in step.prefills:
+            start = seq.num_computed_tokens
+            meta.prefills.append(PrefillChunk(
+                start=len(ids), length=n, context_len=start + n,
+                block_table=torch.tensor(seq.block_table, dtype=torch.long, device=dev)))
+            ids += seq.token_ids[start : start + n]
+            pos += range(start, start + n)
+            slots += self._slots(seq, start, start + n)
+            if start + n == len(seq.token_ids):
+                sample_rows.append(len(ids) - 1)
+                to_sample.append(seq)
+        meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        hidden = self.model.forward_paged(
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(pos, dtype=torch.long, device=dev),
+            meta,
+            self.kv_caches,
+        )
+        if not sample_rows:
+            return None, []
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)])
+        return logits, to_sample

@@ -1,0 +1,207 @@
+"""Token-level scheduler: continuous batching with chunked prefill, priorities, weighted fair share, aging
+and preemption.
+
+Every step fills a token budget. All running decodes go first (one token each), so streams keep flowing; the
+rest of the budget goes to prompt chunks. Candidates are ranked by (priority class, app virtual time,
+arrival): the priority class is the request's priority minus one level per `aging_seconds` of waiting, so
+nothing starves; an app's virtual time is the tokens it was served divided by its weight, so apps that
+compete share the model in proportion to their weights. Within one step each app's prompt chunks are capped
+at its weighted share of the budget, and a step that carries a more urgent prompt is not topped up with less
+urgent ones, which keeps that step short. When KV blocks run out, the worst-ranked running sequence is
+preempted (its blocks freed, its tokens recomputed later).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from llmasos.kernel.block_manager import BlockManager
+from llmasos.kernel.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 1024
+    aging_seconds: float = 10.0  # one priority level gained per this many seconds of waiting
+    watermark: float = 0.01  # fraction of KV blocks kept free when admitting new requests
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+        if self.aging_seconds <= 0:
+            raise ValueError("aging_seconds must be > 0")
+
+
+@dataclass
+class SchedulerOutput:
+    decodes: list[Sequence] = field(default_factory=list)
+    prefills: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write block copies to do first
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decodes) + sum(n for _, n in self.prefills)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.decodes and not self.prefills
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.blocks = block_manager
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.app_vtime: dict[str, float] = {}
+
+    # -- queue management ------------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        # A newly active app starts at the current minimum virtual time: it gets its fair share from now
+        # on, not a burst to make up for the time it was idle.
+        active = self._active_vtimes()
+        floor = min(active) if active else 0.0
+        self.app_vtime[seq.app_id] = max(self.app_vtime.get(seq.app_id, 0.0), floor)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def add_running(self, seq: Sequence) -> None:
+        """A forked child joins the running set directly (it shares its parent's computed blocks)."""
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Drop a finished or aborted sequence and free its blocks at once."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free_seq(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _active_vtimes(self) -> list[float]:
+        apps = {s.app_id for s in self.waiting} | {s.app_id for s in self.running}
+        return [self.app_vtime[a] for a in apps if a in self.app_vtime]
+
+    def account(self, seq: Sequence, num_tokens: int) -> None:
+        self.app_vtime[seq.app_id] = self.app_vtime.get(seq.app_id, 0.0) + num_tokens / max(seq.weight, 1e-6)
+
+    # -- ranking ---------------------------------------------------------------------------------------
+    def priority_class(self, seq: Sequence, now: float) -> int:
+        return seq.priority - math.floor(seq.waiting_time(now) / self.config.aging_seconds)
+
+    def rank(self, seq: Sequence, now: float) -> tuple[int, float, float, int]:
+        return (self.priority_class(seq, now), self.app_vtime.get(seq.app_id, 0.0), seq.arrival_time, seq.seq_id)
+
+    # -- the step --------------------------------------------------------------------------------------
+    def schedule(self, now: float | None = None) -> SchedulerOutput:
+        now = time.monotonic() if now is None else now
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        ranked = sorted(self.running, key=lambda s: self.rank(s, now))
+        scheduled: set[int] = set()
+
+        def preempt_worse_than(seq: Sequence) -> bool:
+            for victim in reversed(ranked):
+                if victim is seq:
+                    return False
+                if victim.seq_id not in scheduled and victim.status is SequenceStatus.RUNNING:
+                    self._preempt(victim, out)
+                    return True
+            return False
+
+        def try_allocate(seq: Sequence, n: int) -> bool:
+            while self.blocks.blocks_needed(seq, n) > self.blocks.num_free_blocks:
+                if not preempt_worse_than(seq):
+                    return False
+            out.copies += self.blocks.allocate(seq, n)
+            scheduled.add(seq.seq_id)
+            return True
+
+        # 1. Decodes: one token for every running stream.
+        for seq in ranked:
+            if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed != 1 or budget == 0:
+                continue
+            if try_allocate(seq, 1):
+                out.decodes.append(seq)
+                budget -= 1
+            else:
+                self._preempt(seq, out)
+
+        # 2. Prompt chunks: running prefills in progress, then waiting requests, best-ranked first.
+        candidates = [s for s in ranked if s.status is SequenceStatus.RUNNING and s.num_uncomputed > 1]
+        if not out.preempted:  # admitting new work right after preempting would only thrash
+            candidates += sorted(self.waiting, key=lambda s: self.rank(s, now))
+        candidates.sort(key=lambda s: self.rank(s, now))
+        if candidates and budget:
+            budget = self._schedule_prefills(candidates, budget, now, out, try_allocate)
+        return out
+
+    def _schedule_prefills(self, candidates, budget, now, out, try_allocate) -> int:  # noqa: ANN001
+        weights: dict[str, float] = {}
+        for s in candidates:
+            weights[s.app_id] = max(weights.get(s.app_id, 0.0), s.weight)
+        total_w = sum(weights.values())
+        cap = {a: max(1, int(budget * w / total_w)) for a, w in weights.items()}
+        used: dict[str, int] = {}
+        top_class = self.priority_class(candidates[0], now)
+        watermark = int(self.config.watermark * self.blocks.num_blocks)
+        done: set[int] = set()
+        # Pass 1 respects each app's weighted share; pass 2 hands out what is left.
+        for capped in (True, False):
+            for seq in candidates:
+                if budget == 0:
+                    return budget
+                if seq.seq_id in done or seq.status is SequenceStatus.FINISHED:
+                    continue
+                if self.priority_class(seq, now) > top_class:
+                    break  # keep a step that serves an urgent prompt short
+                limit = budget
+                if capped:
+                    limit = min(limit, cap[seq.app_id] - used.get(seq.app_id, 0))
+                if limit <= 0:
+                    continue
+                admitting = seq.status is SequenceStatus.WAITING
+                if admitting:
+                    if len(self.running) >= self.config.max_num_seqs:
+                        continue
+                    self.blocks.match_prefix(seq)
+                n = min(seq.num_uncomputed, limit)
+                if admitting and self.blocks.blocks_needed(seq, n) + watermark > self.blocks.num_free_blocks:
+                    self.blocks.free_seq(seq)  # return any prefix blocks it borrowed
+                    return budget  # the head of the queue waits for memory; do not let others overtake it
+                if not try_allocate(seq, n):
+                    if admitting:
+                        self.blocks.free_seq(seq)
+                        return budget
+                    self._preempt(seq, out)
+                    done.add(seq.seq_id)
+                    continue
+                if admitting:
+                    self.waiting.remove(seq)
+                    seq.status = SequenceStatus.RUNNING
+                    self.running.append(seq)
+                out.prefills.append((seq, n))
+                done.add(seq.seq_id)
+                used[seq.app_id] = used.get(seq.app_id, 0) + n
+                budget -= n
+        return budget
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        """Recompute-style preemption: drop the sequence's KV blocks and queue it again."""
+        self.blocks.free_seq(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.waiting.append(seq)
+        out.preempted.append(seq)
+        if seq in out.decodes:
+            out.decodes.remove(seq)
+        out.prefills = [(s, n) for s, n in out.prefills if s is not seq]
