@@ -59,9 +59,9 @@ class BlockManager:
         total = seq.num_computed_tokens + num_new_tokens
         need = -(-total // self.block_size) - len(seq.block_table)
         # A write into a block that others share must first copy it.
-        if num_new_tokens and seq.block_table and seq.num_computed_tokens % self.block_size:
-            if self.blocks[seq.block_table[-1]].ref_count > 1:
-                need += 1
+        if (num_new_tokens and seq.block_table and seq.num_computed_tokens % self.block_size
+                and self.blocks[seq.block_table[-1]].ref_count > 1):
+            need += 1
         return max(need, 0)
 
     # -- allocation -------------------------------------------------------------------------------------

@@ -59,9 +59,9 @@ class LLMEngine:
         mcfg = model.config
         self.max_model_len = min(config.max_model_len or mcfg.max_position, mcfg.max_position)
         self.eos_token_ids = list(mcfg.eos_token_ids)
-        if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
-            if tokenizer.eos_token_id not in self.eos_token_ids:
-                self.eos_token_ids.append(tokenizer.eos_token_id)
+        tok_eos = getattr(tokenizer, "eos_token_id", None)
+        if tok_eos is not None and tok_eos not in self.eos_token_ids:
+            self.eos_token_ids.append(tok_eos)
         p = next(model.parameters())
         budget = config.kv_cache_memory or auto_kv_cache_bytes(p.device)
         per_block = kv_bytes_per_token(mcfg, p.dtype) * config.block_size

@@ -109,10 +109,7 @@ class ModelConfig:
         theta = rope.pop("rope_theta", None) or cfg.get("rope_theta", 10000.0)
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         scaling = None if rope_type == "default" else {**rope, "rope_type": rope_type}
-        if family == "qwen2":
-            qkv_bias = True
-        else:
-            qkv_bias = bool(cfg.get("attention_bias", False))
+        qkv_bias = True if family == "qwen2" else bool(cfg.get("attention_bias", False))
         return cls(
             family=family,
             vocab_size=cfg["vocab_size"],
