@@ -94,7 +94,7 @@ class Scheduler:
 
     # -- ranking ---------------------------------------------------------------------------------------
     def priority_class(self, seq: Sequence, now: float) -> int:
-        return seq.priority - math.floor(seq.waiting_time(now) / self.config.aging_seconds)
+        return seq.priority - math.floor(max(seq.waiting_time(now), 0.0) / self.config.aging_seconds)
 
     def rank(self, seq: Sequence, now: float) -> tuple[int, float, float, int]:
         return (self.priority_class(seq, now), self.app_vtime.get(seq.app_id, 0.0), seq.arrival_time, seq.seq_id)
