@@ -171,6 +171,7 @@ class LLMEngine:
         return bool(self.requests)
 
     # -- the step --------------------------------------------------------------------------------------
+    @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; returns outputs for the requests that progressed or finished."""
         sched = self.scheduler.schedule()

@@ -144,53 +144,61 @@ class Scheduler:
         return out
 
     def _schedule_prefills(self, candidates, budget, now, out, try_allocate) -> int:  # noqa: ANN001
+        # A step that carries an urgent prompt is not topped up with less urgent prompts (it would only
+        # make that step, and so the urgent request's first token, slower). Aged requests still count as
+        # urgent once their class has caught up, so nothing starves.
+        top_class = self.priority_class(candidates[0], now)
+        best_priority = min(s.priority for s in candidates)
+        candidates = [s for s in candidates
+                      if s.priority <= best_priority or self.priority_class(s, now) <= top_class]
         weights: dict[str, float] = {}
         for s in candidates:
             weights[s.app_id] = max(weights.get(s.app_id, 0.0), s.weight)
         total_w = sum(weights.values())
         cap = {a: max(1, int(budget * w / total_w)) for a, w in weights.items()}
         used: dict[str, int] = {}
-        top_class = self.priority_class(candidates[0], now)
+        planned: dict[int, int] = {}  # seq_id -> tokens scheduled this step
         watermark = int(self.config.watermark * self.blocks.num_blocks)
-        done: set[int] = set()
         # Pass 1 respects each app's weighted share; pass 2 hands out what is left.
         for capped in (True, False):
             for seq in candidates:
                 if budget == 0:
-                    return budget
-                if seq.seq_id in done or seq.status is SequenceStatus.FINISHED:
+                    break
+                if seq.status is SequenceStatus.FINISHED or seq in out.preempted:
                     continue
-                if self.priority_class(seq, now) > top_class:
-                    break  # keep a step that serves an urgent prompt short
                 limit = budget
                 if capped:
                     limit = min(limit, cap[seq.app_id] - used.get(seq.app_id, 0))
-                if limit <= 0:
+                have = planned.get(seq.seq_id, 0)
+                extra = min(seq.num_uncomputed - have, limit)
+                if extra <= 0:
                     continue
                 admitting = seq.status is SequenceStatus.WAITING
                 if admitting:
                     if len(self.running) >= self.config.max_num_seqs:
                         continue
                     self.blocks.match_prefix(seq)
-                n = min(seq.num_uncomputed, limit)
-                if admitting and self.blocks.blocks_needed(seq, n) + watermark > self.blocks.num_free_blocks:
-                    self.blocks.free_seq(seq)  # return any prefix blocks it borrowed
-                    return budget  # the head of the queue waits for memory; do not let others overtake it
-                if not try_allocate(seq, n):
+                    extra = min(seq.num_uncomputed, limit)
+                    if self.blocks.blocks_needed(seq, extra) + watermark > self.blocks.num_free_blocks:
+                        self.blocks.free_seq(seq)  # return any prefix blocks it borrowed
+                        return budget  # the head of the queue waits for memory; nobody overtakes it
+                if not try_allocate(seq, have + extra):
                     if admitting:
                         self.blocks.free_seq(seq)
                         return budget
+                    if have:
+                        continue  # keep what it already has this step
                     self._preempt(seq, out)
-                    done.add(seq.seq_id)
                     continue
                 if admitting:
                     self.waiting.remove(seq)
                     seq.status = SequenceStatus.RUNNING
                     self.running.append(seq)
-                out.prefills.append((seq, n))
-                done.add(seq.seq_id)
-                used[seq.app_id] = used.get(seq.app_id, 0) + n
-                budget -= n
+                planned[seq.seq_id] = have + extra
+                used[seq.app_id] = used.get(seq.app_id, 0) + extra
+                budget -= extra
+        by_id = {s.seq_id: s for s in candidates}
+        out.prefills += [(by_id[i], n) for i, n in planned.items()]
         return budget
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
