@@ -277,20 +277,14 @@ def read_model_shape(ckpt: Path) -> dict[str, int]:
 def weight_bytes_read_per_token(model: torch.nn.Module) -> tuple[int, int]:
     """(all parameter bytes, bytes a decode step streams): a step reads every weight except the input
     embedding table, of which it gathers one row per token (unless the table doubles as the LM head)."""
-    total = 0
-    embed = 0
-    seen: set[int] = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if p.data_ptr() in seen:
-            continue
-        seen.add(p.data_ptr())
-        size = p.numel() * p.element_size()
-        total += size
-        if "embed_tokens" in name or name.endswith("wte.weight"):
-            embed += size
-    tied = any("lm_head" in n for n, _ in model.named_parameters(remove_duplicate=False)) and not any(
-        "lm_head" in n for n, _ in model.named_parameters())
-    return total, total if tied else total - embed
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unique = {p.data_ptr(): p.numel() * p.element_size() for p in params.values()}
+    total = sum(unique.values())
+    embed = [p for n, p in params.items() if n.endswith(("embed_tokens.weight", "wte.weight"))]
+    head = [p for n, p in params.items() if n.endswith("lm_head.weight")]
+    if not embed or (head and head[0].data_ptr() == embed[0].data_ptr()):
+        return total, total
+    return total, total - embed[0].numel() * embed[0].element_size()
 
 
 def kv_bytes_per_token(shape: dict[str, int], dtype_bytes: int = 2) -> int:

@@ -57,6 +57,7 @@ def build_random_checkpoint(out_dir: str | Path, family: str = "llama", preset: 
     """Write a random-weight checkpoint of `family` (llama, mistral, qwen2, qwen3, gpt2) to `out_dir`."""
     import transformers as tf
 
+    tf.utils.logging.disable_progress_bar()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     p = {**PRESETS[preset], **overrides}

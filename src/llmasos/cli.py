@@ -1,0 +1,193 @@
+"""The `llmasos` shell: terminal chat and one-shot generation (the server commands join later)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llmasos.kernel.config import EngineConfig
+from llmasos.kernel.engine import LLMEngine
+from llmasos.kernel.llm import apply_chat_template, build_engine
+from llmasos.kernel.sampling_params import SamplingParams, StructuredOutput
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="LLMasOS: an operating system for LLM applications. The LLM is the CPU.")
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="HF model directory or hub name (default: built-in)")]
+DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the model (default: all cores)")]
+MaxTokOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate")]
+TempOpt = Annotated[float, typer.Option(help="0 = greedy")]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="0 = off")]
+TopPOpt = Annotated[float, typer.Option("--top-p")]
+MinPOpt = Annotated[float, typer.Option("--min-p")]
+RepOpt = Annotated[float, typer.Option("--repetition-penalty")]
+FreqOpt = Annotated[float, typer.Option("--frequency-penalty")]
+PresOpt = Annotated[float, typer.Option("--presence-penalty")]
+NgramOpt = Annotated[int, typer.Option("--no-repeat-ngram-size")]
+StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable)")]
+SeedOpt = Annotated[int | None, typer.Option(help="Per-request seed for reproducible sampling")]
+
+
+def _params(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, repetition_penalty: float,
+            frequency_penalty: float, presence_penalty: float, no_repeat_ngram_size: int, stop: list[str] | None,
+            seed: int | None, **extra) -> SamplingParams:  # noqa: ANN003
+    try:
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                              presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                              stop=stop, seed=seed, **extra)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _engine(model: str | None, dtype: str, threads: int | None) -> LLMEngine:
+    try:
+        with err.status(f"loading {model or 'the built-in model'}..."):
+            return build_engine(EngineConfig(model=model, dtype=dtype, num_threads=threads))
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _stream(engine: LLMEngine, prompt: str | list[int], params: SamplingParams, out=None):  # noqa: ANN001, ANN202
+    """Run one request, printing text deltas as they arrive; returns the final RequestOutput."""
+    out = out or sys.stdout
+    rid = engine.add_request(prompt, params)
+    final = None
+    while final is None:
+        for o in engine.step():
+            if o.request_id != rid:
+                continue
+            if params.n == 1:
+                out.write(o.outputs[0].delta_text)
+                out.flush()
+            if o.finished:
+                final = o
+    return final
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Prompt text ('-' reads stdin)")],
+    model: ModelOpt = None, dtype: DtypeOpt = "auto", threads: ThreadsOpt = None,
+    max_tokens: MaxTokOpt = 64, temperature: TempOpt = 0.7, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0,
+    min_p: MinPOpt = 0.0, repetition_penalty: RepOpt = 1.0, frequency_penalty: FreqOpt = 0.0,
+    presence_penalty: PresOpt = 0.0, no_repeat_ngram_size: NgramOpt = 0, stop: StopOpt = None, seed: SeedOpt = None,
+    n: Annotated[int, typer.Option("-n", help="Completions to sample")] = 1,
+    logprobs: Annotated[int | None, typer.Option(help="Return top-N logprobs per token")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos")] = False,
+    json_schema: Annotated[Path | None, typer.Option("--json-schema", help="Constrain output to this JSON Schema file")] = None,
+    regex: Annotated[str | None, typer.Option(help="Constrain output to this regular expression")] = None,
+    choice: Annotated[list[str] | None, typer.Option(help="Constrain output to one of these (repeatable)")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
+) -> None:
+    """Generate a completion for one prompt, streaming it to the terminal."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    structured = None
+    try:
+        if json_schema is not None:
+            structured = StructuredOutput(json=json.loads(json_schema.read_text()))
+        elif regex is not None or choice:
+            structured = StructuredOutput(regex=regex, choice=choice or None)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    params = _params(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+                     presence_penalty, no_repeat_ngram_size, stop, seed, n=n, logprobs=logprobs,
+                     ignore_eos=ignore_eos, structured=structured)
+    engine = _engine(model, dtype, threads)
+    try:
+        text = apply_chat_template(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
+        if as_json:
+            final = _stream(engine, text, params, out=open("/dev/null", "w"))  # noqa: SIM115
+            print(json.dumps({
+                "prompt": prompt, "prompt_tokens": len(final.prompt_token_ids),
+                "choices": [{"index": c.index, "text": c.text, "token_ids": c.token_ids,
+                             "finish_reason": c.finish_reason,
+                             "logprobs": [{str(k): v for k, v in lp.items()} for lp in c.logprobs] if c.logprobs else None}
+                            for c in final.outputs],
+            }, ensure_ascii=False))
+            return
+        final = _stream(engine, text, params)
+        if n > 1:
+            for c in final.outputs:
+                print(f"--- completion {c.index} ({c.finish_reason})\n{c.text}")
+        else:
+            print()
+            err.print(f"[dim]{len(final.token_ids)} tokens, finish_reason={final.finish_reason}[/dim]")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def chat(
+    model: ModelOpt = None, dtype: DtypeOpt = "auto", threads: ThreadsOpt = None,
+    system: Annotated[str | None, typer.Option(help="System prompt")] = None,
+    max_tokens: MaxTokOpt = 256, temperature: TempOpt = 0.7, top_k: TopKOpt = 0, top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.0, repetition_penalty: RepOpt = 1.1, frequency_penalty: FreqOpt = 0.0,
+    presence_penalty: PresOpt = 0.0, no_repeat_ngram_size: NgramOpt = 0, stop: StopOpt = None, seed: SeedOpt = None,
+) -> None:
+    """Chat with the model in the terminal, replies streamed token by token. /reset clears, /exit quits."""
+    params = _params(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+                     presence_penalty, no_repeat_ngram_size, stop, seed)
+    engine = _engine(model, dtype, threads)
+    if not getattr(engine.tokenizer, "chat_template", None):
+        err.print("[red]error:[/red] this model has no chat template; use `llmasos generate`")
+        raise typer.Exit(2)
+    interactive = sys.stdin.isatty()
+    if model is None:
+        err.print("[yellow]note:[/yellow] the built-in model is a small random-weight placeholder until the "
+                  "trained default ships: replies are noise. Use --model DIR_OR_HUB_NAME for a real model.")
+    err.print("[dim]/reset clears the conversation, /exit or Ctrl-D quits[/dim]")
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            history = history[:1] if system else []
+            err.print("[dim]conversation cleared[/dim]")
+            continue
+        history.append({"role": "user", "content": line})
+        prompt = apply_chat_template(engine.tokenizer, history)
+        # Keep the conversation inside the context window: drop the oldest turns first.
+        while len(engine.encode(prompt)) + 1 >= engine.max_model_len and len(history) > (2 if system else 1):
+            del history[1 if system else 0]
+            prompt = apply_chat_template(engine.tokenizer, history)
+        sys.stdout.write("assistant> ")
+        try:
+            final = _stream(engine, prompt, params)
+        except ValueError as exc:
+            err.print(f"\n[red]error:[/red] {exc}")
+            history.pop()
+            continue
+        except KeyboardInterrupt:
+            for rid in list(engine.requests):
+                engine.abort_request(rid)
+            print()
+            continue
+        print()
+        history.append({"role": "assistant", "content": final.text})
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

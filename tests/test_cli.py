@@ -1,0 +1,62 @@
+"""The `llmasos` command as a user runs it: a real subprocess on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, stdin: str = "", env_home=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if env_home:
+        env["LLMASOS_HOME"] = str(env_home)
+    return subprocess.run([sys.executable, "-m", "llmasos.cli", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_generate_json_matches_the_python_api(llama_dir, llm):
+    from llmasos import SamplingParams
+
+    r = run_cli("generate", "Hello, how", "--model", str(llama_dir), "--dtype", "float32", "--max-tokens", "6",
+                "--temperature", "0", "--ignore-eos", "--json", "--logprobs", "1")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    expect = llm.generate(["Hello, how"], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))[0]
+    choice = data["choices"][0]
+    assert choice["token_ids"] == expect.token_ids and choice["text"] == expect.text
+    assert choice["finish_reason"] == "length" and len(choice["logprobs"]) == 6
+
+
+def test_generate_with_choice_constraint(llama_dir):
+    r = run_cli("generate", "Answer:", "--model", str(llama_dir), "--choice", "yes", "--choice", "no", "--json",
+                "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["choices"][0]["text"] in ("yes", "no")
+
+
+@pytest.mark.parametrize("args", [["--temperature", "-1"], ["--top-p", "0"], ["--model", "/no/such/model"]])
+def test_bad_options_fail_cleanly(llama_dir, args):
+    base = ["generate", "hi", "--model", str(llama_dir)]
+    r = run_cli(*base, *args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip()
+
+
+def test_chat_streams_replies_and_handles_commands(llama_dir):
+    r = run_cli("chat", "--model", str(llama_dir), "--dtype", "float32", "--max-tokens", "5", "--seed", "0",
+                stdin="hello\n/reset\nsecond question\n/exit\nnever read\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("assistant> ") == 2
+    assert "conversation cleared" in r.stderr
+
+
+def test_chat_builds_the_default_model_when_none_is_named(tmp_path):
+    r = run_cli("chat", "--max-tokens", "3", stdin="hi\n", env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "assistant> " in r.stdout
+    assert (tmp_path / "models" / "llmasos-tiny-random" / "config.json").is_file()
