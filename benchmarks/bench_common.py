@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import random
@@ -121,6 +122,7 @@ class WorkloadResult:
     primary: str = ""  # the metric key the plot and summary use
     primary_higher_is_better: bool = True
     elapsed_s: float = 0.0
+    load: dict[str, float] = field(default_factory=dict)  # machine load while it ran (see `LoadMeter`)
 
     def engine(self, name: str) -> EngineResult | None:
         return next((e for e in self.engines if e.name == name), None)
@@ -129,6 +131,22 @@ class WorkloadResult:
         d = asdict(self)
         d["columns"] = [c.label for c in self.columns]
         return d
+
+
+class LoadMeter:
+    """How busy the machine was during a phase: the 1-minute load average at the end, and this process's CPU
+    time over wall time (close to the thread count when the cores were ours alone, well below when shared)."""
+
+    def __enter__(self) -> LoadMeter:
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+        self.result: dict[str, float] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        self.result = {"loadavg_1m": os.getloadavg()[0],
+                       "cpu_per_wall": (time.process_time() - self.cpu0) / wall if wall > 0 else math.nan}
 
 
 def ratio(num: float | None, den: float | None) -> float | None:
@@ -234,6 +252,7 @@ def env_info() -> dict[str, Any]:
         "vllm": package_version("vllm"),
         "llama_cpp": package_version("llama_cpp_python") or package_version("llama-cpp-python"),
         "matplotlib": package_version("matplotlib"),
+        "loadavg": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -65,22 +65,34 @@ def paged_attention(
         o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None, :], scale=scale)
         out[:nd] = o.reshape(nd, hq, d)
     for p in meta.prefills:
-        qs = q[p.start : p.start + p.length].transpose(0, 1)  # [Hq, n, D]
+        qs = q[p.start : p.start + p.length].transpose(0, 1)[None]  # [1, Hq, n, D]
         if p.context_len == p.length:
-            ks = k[p.start : p.start + p.length].transpose(0, 1)
-            vs = v[p.start : p.start + p.length].transpose(0, 1)
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=group > 1)
+            ks = k[p.start : p.start + p.length]
+            vs = v[p.start : p.start + p.length]
+            mask, causal = None, True
         else:
             # Part of the context is cached (earlier chunks or a shared prefix): read it from the blocks.
             slots = _slots(p.block_table, p.context_len, meta.block_size)
-            ks = k_cache.view(-1, hkv, d)[slots].transpose(0, 1)
-            vs = v_cache.view(-1, hkv, d)[slots].transpose(0, 1)
+            ks = k_cache.view(-1, hkv, d)[slots]
+            vs = v_cache.view(-1, hkv, d)[slots]
             offset = p.context_len - p.length
             qpos = torch.arange(p.length, device=q.device)[:, None] + offset
-            mask = torch.arange(p.context_len, device=q.device)[None, :] <= qpos
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=group > 1)
-        out[p.start : p.start + p.length] = o.transpose(0, 1)
+            mask, causal = torch.arange(p.context_len, device=q.device)[None, :] <= qpos, False
+        # 4-D inputs with K/V heads repeated for GQA take the fused (flash) CPU kernel; 3-D inputs or
+        # enable_gqa fall back to the unfused math path, about 15x slower here.
+        ks = _repeat_kv(ks, group).transpose(0, 1)[None]
+        vs = _repeat_kv(vs, group).transpose(0, 1)[None]
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal, scale=scale)
+        out[p.start : p.start + p.length] = o[0].transpose(0, 1)
     return out
+
+
+def _repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
+    """[T, Hkv, D] -> [T, Hkv * group, D], each KV head serving its `group` query heads."""
+    if group == 1:
+        return x
+    t, h, d = x.shape
+    return x[:, :, None, :].expand(t, h, group, d).reshape(t, h * group, d)
 
 
 def _slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:

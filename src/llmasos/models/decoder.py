@@ -13,11 +13,14 @@ from torch import nn
 
 from llmasos.models.attention import AttentionMetadata, paged_attention, write_kv
 from llmasos.models.config import ModelConfig
-from llmasos.models.layers import MLP, RMSNorm, RotaryEmbedding, make_norm
+from llmasos.models.layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, make_norm
+
+
+RopeTables = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) looked up for this forward's positions
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, rope: RotaryEmbedding | None) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size = cfg.num_heads * cfg.head_dim
@@ -28,49 +31,48 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.rope = rope
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, rope: RopeTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:
-            q, k = self.rope(q, k, positions)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        q, k, v = (t.transpose(1, 2) for t in self._qkv(x, positions))  # [B, heads, T, D]
+    def forward(self, x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(x, rope))  # [B, heads, T, D]
         o = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, scale=self.scale, enable_gqa=self.num_heads != self.num_kv_heads
         )
         return self.o_proj(o.transpose(1, 2).flatten(-2))
 
     def forward_paged(
-        self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, rope: RopeTables, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        q, k, v = self._qkv(x, positions)  # [T, heads, D]
+        q, k, v = self._qkv(x, rope)  # [T, heads, D]
         write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
         o = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
         return self.o_proj(o.flatten(-2))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, rope: RotaryEmbedding | None) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.input_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
-        self.attn = Attention(cfg, rope)
+        self.attn = Attention(cfg)
         self.post_attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.gated_mlp, cfg.activation, cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.input_norm(x), positions)
+    def forward(self, x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+        x = x + self.attn(self.input_norm(x), rope)
         return x + self.mlp(self.post_attn_norm(x))
 
-    def forward_paged(self, x, positions, meta, kv) -> torch.Tensor:  # noqa: ANN001 - same as forward
-        x = x + self.attn.forward_paged(self.input_norm(x), positions, meta, kv)
+    def forward_paged(self, x, rope, meta, kv) -> torch.Tensor:  # noqa: ANN001 - same as forward
+        x = x + self.attn.forward_paged(self.input_norm(x), rope, meta, kv)
         return x + self.mlp(self.post_attn_norm(x))
 
 
@@ -80,29 +82,30 @@ class DecoderLM(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.embed_positions = nn.Embedding(cfg.max_position, cfg.hidden_size) if cfg.learned_positions else None
-        # One rotary table shared by every layer.
-        rope = None if cfg.learned_positions else RotaryEmbedding(
+        self.rope = None if cfg.learned_positions else RotaryEmbedding(
             cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling
         )
-        self.layers = nn.ModuleList(Block(cfg, rope) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, RopeTables]:
+        """Token (+ learned position) embeddings, and the rotary tables every layer will use."""
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions)
-        return x
+        rope = self.rope.lookup(positions, x.dtype) if self.rope is not None else None
+        return x, rope
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Dense causal forward: `[B, T]` ids -> `[B, T, V]` logits."""
         if positions is None:
             positions = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
-        x = self.embed(input_ids, positions)
+        x, rope = self.embed(input_ids, positions)
         for layer in self.layers:
-            x = layer(x, positions)
+            x = layer(x, rope)
         return self.lm_head(self.norm(x))
 
     def forward_paged(
@@ -113,9 +116,9 @@ class DecoderLM(nn.Module):
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         """Flattened-step forward over the paged cache: `[T]` ids -> final hidden states `[T, H]`."""
-        x = self.embed(input_ids, positions)
+        x, rope = self.embed(input_ids, positions)
         for layer, kv in zip(self.layers, kv_caches, strict=True):
-            x = layer.forward_paged(x, positions, meta, kv)
+            x = layer.forward_paged(x, rope, meta, kv)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -133,10 +133,8 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None, dt
     model.load_state_dict(state_dict, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    if not cfg.learned_positions:
-        rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling).to(device)
-        for layer in model.layers:
-            layer.attn.rope = rope
+    if not cfg.learned_positions:  # buffers are not in the checkpoint: compute them for real
+        model.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling).to(device)
     return model.eval()
 
 
