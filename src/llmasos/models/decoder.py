@@ -15,7 +15,6 @@ from llmasos.models.attention import AttentionMetadata, paged_attention, write_k
 from llmasos.models.config import ModelConfig
 from llmasos.models.layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, make_norm
 
-
 RopeTables = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) looked up for this forward's positions
 
 
