@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", default="A,B,C,E,F",
-                   help="comma-separated subset of A,B,C,E,F (default: all)")
+                   help="comma-separated subset of A,B,C,E,F (default: all); 'none' with --profile to only profile")
     p.add_argument("--threads", default=None,
                    help="torch thread counts to sweep, e.g. 1,2 (default: torch's default, all cores)")
     p.add_argument("--quick", action="store_true",
@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG chart")
     args = p.parse_args(argv)
     args.workload_list = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
+    if args.workload_list == ["NONE"]:
+        args.workload_list = []
     unknown = [w for w in args.workload_list if w not in WORKLOADS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; choose from {','.join(WORKLOADS)}")
@@ -228,6 +230,23 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(ckpt=ckpt, shape=shape, sizes=QUICK if args.quick else FULL, opts=opts, console=console)
     results: list[WorkloadResult] = []
     profiles: list[dict[str, Any]] = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def save() -> Path:
+        """Write everything measured so far (after every workload, so an interrupted run keeps its numbers)."""
+        payload = {
+            "env": env,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "model": {**shape, "checkpoint": str(ckpt)},
+            "membw": {str(k): v for k, v in ctx._membw.items()},
+            "results": [r.to_json() for r in results],
+            "profile": profiles,
+            "total_s": time.perf_counter() - t_start,
+        }
+        path = out_dir / f"bench_{stamp}.json"
+        path.write_text(json.dumps(payload, indent=2, default=str))
+        (out_dir / "bench_latest.json").write_text(path.read_text())
+        return path
     for threads in args.thread_list:
         ctx.set_threads(threads)
         for key in args.workload_list:
@@ -244,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             res.load = load.result
             results.append(res)
             console.print(workload_table(res))
+            save()
             gc.collect()
         if args.profile:
             try:
@@ -251,22 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                 profiles.append(prof)
                 for t in profile_tables(prof):
                     console.print(t)
+                save()
             except Exception as exc:
                 console.print(f"[red]profile failed: {type(exc).__name__}: {exc}")
     console.print(summary_table(results))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    payload = {
-        "env": env,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "model": {**shape, "checkpoint": str(ckpt)},
-        "membw": {str(k): v for k, v in ctx._membw.items()},
-        "results": [r.to_json() for r in results],
-        "profile": profiles,
-        "total_s": time.perf_counter() - t_start,
-    }
-    json_path = out_dir / f"bench_{stamp}.json"
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
-    (out_dir / "bench_latest.json").write_text(json_path.read_text())
+    json_path = save()
     console.print(f"results: {json_path} (and {out_dir / 'bench_latest.json'})")
     if not args.no_plot:
         console.print(write_plot(results, out_dir / f"bench_{stamp}.png"))

@@ -156,6 +156,7 @@ class HFRunner:
         from transformers import AutoModelForCausalLM
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         logging.getLogger("ContinuousBatchingLogger").addFilter(_DropPsutilNoise())
         torch.set_num_threads(threads)
         self.model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.bfloat16).eval()

@@ -144,6 +144,8 @@ class Ctx:
     @contextmanager
     def phase(self, label: str, total: int | None) -> Iterator[ProgressFn]:
         t0 = time.perf_counter()
+        if not self.console.is_terminal:  # live progress bars only render on a terminal
+            self.console.log(f"{label} ...")
         with self._progress() as prog:
             task = prog.add_task(label, total=total)
             yield lambda n: prog.advance(task, n)

@@ -186,8 +186,9 @@ class MultiHeadAttention(nn.Module):
         mask = None  # bool, True = may attend
         if key_padding_mask is not None:
             keep = ~key_padding_mask
-            # A row whose keys are all padding (an empty source) would softmax over nothing and give NaN;
-            # let it see the padding instead: its output carries no information either way, but stays finite.
+            # A row whose keys are all padding (an empty source) leaves softmax nothing to normalise, and not
+            # every SDPA backend returns a finite result then; attending to the padding is as meaningless but
+            # finite.
             keep = keep | ~keep.any(-1, keepdim=True)
             mask = keep[:, None, None, :]
         is_causal = False
