@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmasos.ops import Linear
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
@@ -91,8 +93,8 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = gated
         self.activation = activation
-        self.up_proj = nn.Linear(hidden, inner * (2 if gated else 1), bias=bias)
-        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+        self.up_proj = Linear(hidden, inner * (2 if gated else 1), bias=bias)
+        self.down_proj = Linear(inner, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up_proj(x)
