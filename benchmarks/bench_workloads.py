@@ -167,6 +167,12 @@ def throughput_metrics(run: BatchRun, prompt_tokens: int) -> dict[str, float]:
     }
     if run.ttfts:
         m["ttft_mean_ms"] = 1e3 * statistics.fmean(run.ttfts)
+    # Pure-decode phase: from the moment the last request got its first token (every prompt is in) to the last
+    # token, per step. Only meaningful when all requests want the same number of tokens (workload A).
+    lens = {len(t) for t in run.token_ids}
+    firsts, lasts = [t for t in run.first_token_times if t == t], [t for t in run.last_token_times if t == t]
+    if len(lens) == 1 and (n := lens.pop()) > 1 and firsts and lasts and max(lasts) > max(firsts):
+        m["decode_step_ms"] = 1e3 * (max(lasts) - max(firsts)) / (n - 1)
     for k in ("preemptions", "steps", "generated_incl_padding"):
         if k in run.extra:
             m[k] = float(run.extra[k])
@@ -190,6 +196,7 @@ THROUGHPUT_COLUMNS = [
     Column("total_tok_s", "prompt+output tok/s"),
     Column("elapsed_s", "wall s", "{:.2f}"),
     Column("ttft_mean_ms", "mean TTFT ms", "{:.0f}"),
+    Column("decode_step_ms", "decode ms/step", "{:.0f}"),
     Column("steps", "steps", "{:.0f}"),
     Column("preemptions", "preempt", "{:.0f}"),
 ]
@@ -613,10 +620,16 @@ def profile_decode(ctx: Ctx, out_dir: Path, steps: int = 3) -> dict[str, Any]:
             eng.abort_request(r)
     step_ms = 1e3 * statistics.median(wall)
     events = prof.key_averages()
-    total_self = sum(e.self_cpu_time_total for e in events) or 1.0
+    total_self = sum(e.self_cpu_time_total for e in events)  # microseconds, on the calling thread
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
-    op_rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total_self,
+    # Shares are of the step's wall time. Work that is not an aten operator (a custom C++/ctypes kernel,
+    # Python) does not show up as a row; the remainder row makes that visible.
+    wall_us = torch_wall * 1e6
+    op_rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / wall_us,
                 "calls": e.count} for e in ops[:15]]
+    rest = wall_us - total_self
+    op_rows.append({"op": "(wall time not in any aten op: custom kernels, Python, waiting)", "self_ms": rest / 1e3,
+                    "share": rest / wall_us, "calls": 0})
     stats = pstats.Stats(prof_py)
     py_rows = []
     for (filename, line, func), (_cc, _nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
