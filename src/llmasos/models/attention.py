@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from llmasos.ops import native_kernels
+
 
 @dataclass
 class PrefillChunk:
@@ -53,17 +55,12 @@ def paged_attention(
     group = hq // hkv
     nd = meta.num_decodes
     if nd:
-        bs = meta.block_size
-        nblocks = (meta.decode_max_len + bs - 1) // bs
-        tables = meta.decode_block_tables[:, :nblocks]
-        # Gather each sequence's blocks into one [B, L, Hkv, D] view; padding slots are masked below.
-        kd = k_cache[tables].view(nd, nblocks * bs, hkv, d).transpose(1, 2)
-        vd = v_cache[tables].view(nd, nblocks * bs, hkv, d).transpose(1, 2)
-        # GQA without repeating K/V: the `group` query heads of a KV head act as `group` query rows.
-        qd = q[:nd].view(nd, hkv, group, d)
-        mask = torch.arange(nblocks * bs, device=q.device)[None, :] < meta.decode_context_lens[:, None]
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None, :], scale=scale)
-        out[:nd] = o.reshape(nd, hq, d)
+        ext = native_kernels() if q.dtype == torch.bfloat16 and q.device.type == "cpu" and d % 32 == 0 else None
+        if ext is not None:
+            out[:nd] = ext.paged_decode_attention(q[:nd], k_cache, v_cache, meta.decode_block_tables,
+                                                  meta.decode_context_lens, scale)
+        else:
+            out[:nd] = _decode_attention_torch(q[:nd], k_cache, v_cache, meta, scale)
     for p in meta.prefills:
         qs = q[p.start : p.start + p.length].transpose(0, 1)[None]  # [1, Hq, n, D]
         if p.context_len == p.length:
@@ -85,6 +82,24 @@ def paged_attention(
         o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal, scale=scale)
         out[p.start : p.start + p.length] = o[0].transpose(0, 1)
     return out
+
+
+def _decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    nd, hq, d = q.shape
+    hkv = k_cache.shape[2]
+    bs = meta.block_size
+    nblocks = (meta.decode_max_len + bs - 1) // bs
+    tables = meta.decode_block_tables[:, :nblocks].reshape(-1)
+    # Gather each sequence's blocks into one [B, Hkv, L, D] view (index_select: a plain row copy, several
+    # times faster than advanced indexing); padding slots are masked below.
+    kd = k_cache.index_select(0, tables).view(nd, nblocks * bs, hkv, d).transpose(1, 2)
+    vd = v_cache.index_select(0, tables).view(nd, nblocks * bs, hkv, d).transpose(1, 2)
+    # GQA without repeating K/V: the query heads of one KV head act as that many query rows.
+    qd = q.view(nd, hkv, hq // hkv, d)
+    mask = torch.arange(nblocks * bs, device=q.device)[None, :] < meta.decode_context_lens[:, None]
+    o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None, :], scale=scale)
+    return o.reshape(nd, hq, d)
 
 
 def _repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 PyTorch's oneDNN bf16 matmul spends a fixed ~8 ms per 1024x6144 weight on this class of CPU whatever the
 batch size, so a decode step (a few rows times every weight) runs far below memory bandwidth. Where the CPU
 has AVX512-BF16 and a C++ compiler is available, small-batch bf16 matmuls go to our own kernel
-(`csrc/bf16_linear.cpp`); everything else, and any machine where the build fails, uses `F.linear`.
+(`csrc/cpu_kernels.cpp`); everything else, and any machine where the build fails, uses `F.linear`.
 Set LLMASOS_NATIVE_KERNELS=0 to turn the kernel off.
 """
 
@@ -37,9 +37,9 @@ def native_kernels():  # noqa: ANN201 - returns the compiled extension module or
     try:
         from torch.utils.cpp_extension import load
 
-        src = Path(__file__).with_name("csrc") / "bf16_linear.cpp"
+        src = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
         return load(
-            name="llmasos_bf16_linear",
+            name="llmasos_cpu_kernels",
             sources=[str(src)],
             extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
