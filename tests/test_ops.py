@@ -50,15 +50,16 @@ def test_linear_dispatch_keeps_shapes_and_falls_back():
 
 @needs_kernel
 @pytest.mark.parametrize("group,d", [(1, 64), (2, 128), (4, 64), (7, 32)])
-def test_paged_decode_attention_matches_torch(group, d):
+@pytest.mark.parametrize("b", [5, 9])  # small batches split heads across tasks, larger ones do not
+def test_paged_decode_attention_matches_torch(group, d, b):
     from llmasos.models.attention import AttentionMetadata, _decode_attention_torch
 
     torch.manual_seed(group + d)
-    nb, bs, hkv, b = 40, 4, 2, 5
+    nb, bs, hkv = 40, 4, 2
     kc = torch.randn(nb, bs, hkv, d, dtype=torch.bfloat16)
     vc = torch.randn(nb, bs, hkv, d, dtype=torch.bfloat16)
     q = torch.randn(b, hkv * group, d, dtype=torch.bfloat16)
-    lens = torch.tensor([1, 4, 5, 17, 30])
+    lens = torch.tensor([1, 4, 5, 17, 30, 2, 32, 9, 16])[:b]
     tables = torch.stack([torch.randperm(nb)[:8] for _ in range(b)])  # scattered, non-contiguous blocks
     meta = AttentionMetadata(slot_mapping=torch.empty(0), block_size=bs, num_decodes=b, decode_block_tables=tables,
                              decode_context_lens=lens, decode_max_len=int(lens.max()))

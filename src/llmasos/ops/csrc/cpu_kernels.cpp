@@ -106,55 +106,63 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   const float fscale = static_cast<float>(scale);
   const int64_t row = Hkv * D;  // elements between consecutive tokens of one block
 
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
+  // A task is one sequence and a run of its KV heads. Walking all heads of a token together reads each
+  // token's K/V row (all heads, contiguous) as one stream, which the prefetcher can follow; per-head walks
+  // stride through memory and run latency-bound. Small batches split heads so every core has work.
+  const int64_t heads_per_task = B >= 8 ? Hkv : 1;
+  const int64_t splits = Hkv / heads_per_task;
+  at::parallel_for(0, B * splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<float> acc(G * D);
+    std::vector<float> acc;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / Hkv, h = task % Hkv, L = lp[b];
-      scores.assign(G * L, 0.f);
-      const uint16_t* qb = qp + (b * Hq + h * G) * D;
-      // Pass 1: scores for the G query heads that share this KV head (two K rows per iteration for
-      // independent accumulator chains).
+      const int64_t b = task / splits, h0 = (task % splits) * heads_per_task, L = lp[b];
+      const int64_t HG = heads_per_task * G;  // query heads handled by this task
+      scores.assign(HG * L, 0.f);
+      acc.assign(HG * D, 0.f);
+      const uint16_t* qb = qp + (b * Hq + h0 * G) * D;
+      // Pass 1: scores.
       for (int64_t t = 0; t < L; ++t) {
-        const uint16_t* kr = kp + (tp[b * maxb + t / bs] * bs + t % bs) * row + h * D;
-        for (int64_t g = 0; g < G; ++g) {
+        const uint16_t* kt = kp + (tp[b * maxb + t / bs] * bs + t % bs) * row + h0 * D;
+        for (int64_t hg = 0; hg < HG; ++hg) {
+          const uint16_t* kr = kt + (hg / G) * D;
+          const uint16_t* qr = qb + hg * D;
           __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
           int64_t d = 0;
           for (; d + 64 <= D; d += 64) {
-            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(qb + g * D + d), (__m512bh)_mm512_loadu_si512(kr + d));
-            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(qb + g * D + d + 32),
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(qr + d), (__m512bh)_mm512_loadu_si512(kr + d));
+            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(qr + d + 32),
                                   (__m512bh)_mm512_loadu_si512(kr + d + 32));
           }
-          if (d < D)
-            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(qb + g * D + d), (__m512bh)_mm512_loadu_si512(kr + d));
-          scores[g * L + t] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * fscale;
+          if (d < D) a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(qr + d), (__m512bh)_mm512_loadu_si512(kr + d));
+          scores[hg * L + t] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * fscale;
         }
       }
       // Softmax per query head, in fp32.
-      for (int64_t g = 0; g < G; ++g) {
-        float* s = scores.data() + g * L;
-        float mx = -INFINITY;
-        for (int64_t t = 0; t < L; ++t) mx = std::max(mx, s[t]);
+      for (int64_t hg = 0; hg < HG; ++hg) {
+        float* s = scores.data() + hg * L;
+        float mx = s[0];
+        for (int64_t t = 1; t < L; ++t) mx = std::max(mx, s[t]);
         float sum = 0.f;
         for (int64_t t = 0; t < L; ++t) { s[t] = std::exp(s[t] - mx); sum += s[t]; }
         const float inv = 1.f / sum;
         for (int64_t t = 0; t < L; ++t) s[t] *= inv;
       }
-      // Pass 2: weighted sum of V rows, each row read once.
-      std::fill(acc.begin(), acc.end(), 0.f);
+      // Pass 2: weighted sum of V rows, each read once.
       for (int64_t t = 0; t < L; ++t) {
-        const uint16_t* vr = vp + (tp[b * maxb + t / bs] * bs + t % bs) * row + h * D;
-        for (int64_t d = 0; d < D; d += 16) {
-          const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
-              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vr + d))), 16));
-          for (int64_t g = 0; g < G; ++g) {
-            float* ad = acc.data() + g * D + d;
-            _mm512_storeu_ps(ad, _mm512_fmadd_ps(_mm512_set1_ps(scores[g * L + t]), v, _mm512_loadu_ps(ad)));
+        const uint16_t* vt = vp + (tp[b * maxb + t / bs] * bs + t % bs) * row + h0 * D;
+        for (int64_t hg = 0; hg < HG; ++hg) {
+          const uint16_t* vr = vt + (hg / G) * D;
+          const __m512 w = _mm512_set1_ps(scores[hg * L + t]);
+          float* ad = acc.data() + hg * D;
+          for (int64_t d = 0; d < D; d += 16) {
+            const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vr + d))), 16));
+            _mm512_storeu_ps(ad + d, _mm512_fmadd_ps(w, v, _mm512_loadu_ps(ad + d)));
           }
         }
       }
-      at::BFloat16* ob = op + (b * Hq + h * G) * D;
-      for (int64_t i = 0; i < G * D; ++i) ob[i] = at::BFloat16(acc[i]);
+      at::BFloat16* ob = op + (b * Hq + h0 * G) * D;
+      for (int64_t i = 0; i < HG * D; ++i) ob[i] = at::BFloat16(acc[i]);
     }
   });
   return out;
