@@ -15,7 +15,7 @@
 namespace {
 
 constexpr int64_t kRowsM = 4;   // input rows sharing one pass over a weight row
-constexpr int64_t kRowsN = 2;   // weight rows per inner step: more independent accumulator chains
+constexpr int64_t kRowsN = 4;   // weight rows per inner step: more independent accumulator chains
 constexpr int64_t kTileN = 32;  // weight rows per parallel task; the tile stays in L1/L2 across row groups
 
 inline float bf16_to_float(uint16_t v) {
@@ -37,7 +37,11 @@ void tile(const uint16_t* x, const uint16_t* w, const at::BFloat16* bias, at::BF
         for (int64_t j = 0; j < kRowsN; ++j) acc[i][j] = _mm512_setzero_ps();
       for (int64_t k = 0; k < kv; k += 32) {
         __m512bh wv[kRowsN];
-        for (int64_t j = 0; j < nc; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + (n + j) * K + k);
+        for (int64_t j = 0; j < nc; ++j) {
+          wv[j] = (__m512bh)_mm512_loadu_si512(w + (n + j) * K + k);
+          // Start fetching the next row group now: with few input rows the loop is bound by memory latency.
+          if (m0 == 0 && n + nc + j < N) _mm_prefetch(reinterpret_cast<const char*>(w + (n + nc + j) * K + k), _MM_HINT_T0);
+        }
         for (int64_t i = 0; i < mc; ++i) {
           const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + i) * K + k);
           for (int64_t j = 0; j < nc; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
