@@ -144,3 +144,41 @@ def test_max_num_seqs_caps_running():
         s.add(mkseq(4, arrival=NOW + i))
     run(s)
     assert len(s.running) == 2 and len(s.waiting) == 2
+
+
+def test_urgent_prompt_holds_less_urgent_decodes_for_its_step():
+    s = make(budget=64)
+    batch = [mkseq(4, app="batch", arrival=NOW) for _ in range(3)]
+    for q in batch:
+        s.add(q)
+    run(s)  # all three prefilled, now decoding
+    urgent = mkseq(8, app="chat", priority=-1, arrival=NOW)
+    s.add(urgent)
+    out = run(s)
+    assert out.decodes == [] and out.prefills == [(urgent, 8)]
+    out = run(s)
+    assert sorted(q.seq_id for q in out.decodes) == sorted(q.seq_id for q in [urgent, *batch])
+
+
+def test_held_decodes_run_when_the_urgent_prompt_cannot():
+    s = make(budget=64, max_seqs=3)
+    batch = [mkseq(4, app="batch", arrival=NOW) for _ in range(3)]
+    for q in batch:
+        s.add(q)
+    run(s)
+    s.add(mkseq(8, app="chat", priority=-1, arrival=NOW))  # no room: max_num_seqs is reached
+    out = run(s)
+    assert sorted(q.seq_id for q in out.decodes) == sorted(q.seq_id for q in batch) and out.prefills == []
+
+
+def test_less_urgent_prompts_get_small_chunks_while_an_urgent_app_is_active():
+    s = Scheduler(SchedulerConfig(16, 512, latency_budget=32, latency_window=5.0, watermark=0.0),
+                  BlockManager(256, 4, enable_prefix_caching=False))
+    chat = mkseq(8, app="chat", priority=-1, arrival=NOW)
+    s.add(chat)
+    run(s)
+    s.remove(chat)  # the interactive request is done, but its app stays "active" for latency_window
+    big = mkseq(400, app="batch", arrival=NOW + 1)
+    s.add(big)
+    assert run(s, now=NOW + 2).prefills == [(big, 32)]
+    assert run(s, now=NOW + 10).prefills == [(big, 368)]  # the urgent app went quiet: full budget again

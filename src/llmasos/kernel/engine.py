@@ -74,7 +74,8 @@ class LLMEngine:
             )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.aging_seconds),
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.aging_seconds,
+                            latency_budget=config.latency_budget, latency_window=config.latency_window),
             self.block_manager,
         )
         self.runner = ModelRunner(model, num_blocks, config.block_size)

@@ -27,12 +27,19 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 1024
     aging_seconds: float = 10.0  # one priority level gained per this many seconds of waiting
     watermark: float = 0.01  # fraction of KV blocks kept free when admitting new requests
+    # While a more urgent app is active (a request of it seen within `latency_window` seconds), less urgent
+    # prompts get at most `latency_budget` tokens per step, so the step an urgent request arrives during
+    # is short.
+    latency_budget: int = 128
+    latency_window: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
         if self.aging_seconds <= 0:
             raise ValueError("aging_seconds must be > 0")
+        if self.latency_budget < 1 or self.latency_window < 0:
+            raise ValueError("latency_budget must be >= 1 and latency_window >= 0")
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Scheduler:
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.app_vtime: dict[str, float] = {}
+        self.last_seen: dict[int, float] = {}  # priority -> when a request of that priority last arrived
 
     # -- queue management ------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -68,6 +76,7 @@ class Scheduler:
         self.app_vtime[seq.app_id] = max(self.app_vtime.get(seq.app_id, 0.0), floor)
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
+        self.last_seen[seq.priority] = max(self.last_seen.get(seq.priority, 0.0), seq.arrival_time)
 
     def add_running(self, seq: Sequence) -> None:
         """A forked child joins the running set directly (it shares its parent's computed blocks)."""
@@ -124,9 +133,20 @@ class Scheduler:
             scheduled.add(seq.seq_id)
             return True
 
-        # 1. Decodes: one token for every running stream.
+        # Prompts waiting for their first token, best-ranked first.
+        candidates = [s for s in ranked if s.status is SequenceStatus.RUNNING and s.num_uncomputed > 1]
+        candidates += sorted(self.waiting, key=lambda s: self.rank(s, now))
+        candidates.sort(key=lambda s: self.rank(s, now))
+        urgent = self.priority_class(candidates[0], now) if candidates else None
+
+        # 1. Decodes: one token for every running stream - except that a step serving a more urgent prompt
+        # holds less urgent streams back for that one step, so the urgent first token is not slowed down.
+        held: list[Sequence] = []
         for seq in ranked:
             if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed != 1 or budget == 0:
+                continue
+            if urgent is not None and self.priority_class(seq, now) > urgent:
+                held.append(seq)
                 continue
             if try_allocate(seq, 1):
                 out.decodes.append(seq)
@@ -134,13 +154,22 @@ class Scheduler:
             else:
                 self._preempt(seq, out)
 
-        # 2. Prompt chunks: running prefills in progress, then waiting requests, best-ranked first.
-        candidates = [s for s in ranked if s.status is SequenceStatus.RUNNING and s.num_uncomputed > 1]
-        if not out.preempted:  # admitting new work right after preempting would only thrash
-            candidates += sorted(self.waiting, key=lambda s: self.rank(s, now))
-        candidates.sort(key=lambda s: self.rank(s, now))
+        # 2. Prompt chunks: running prefills in progress, then waiting requests.
+        if out.preempted:  # admitting new work right after preempting would only thrash
+            candidates = [s for s in candidates if s.status is SequenceStatus.RUNNING]
         if candidates and budget:
             budget = self._schedule_prefills(candidates, budget, now, out, try_allocate)
+
+        # The urgent prompt could not run after all (memory, max_num_seqs): do not stall the held streams.
+        if held and not any(self.priority_class(s, now) <= urgent for s, _ in out.prefills):
+            for seq in held:
+                if budget == 0 or seq.status is not SequenceStatus.RUNNING:
+                    continue
+                if try_allocate(seq, 1):
+                    out.decodes.append(seq)
+                    budget -= 1
+                else:
+                    self._preempt(seq, out)
         return out
 
     def _schedule_prefills(self, candidates, budget, now, out, try_allocate) -> int:  # noqa: ANN001
@@ -157,6 +186,9 @@ class Scheduler:
         total_w = sum(weights.values())
         cap = {a: max(1, int(budget * w / total_w)) for a, w in weights.items()}
         used: dict[str, int] = {}
+        recent = [p for p, t in self.last_seen.items() if now - t <= self.config.latency_window]
+        urgent_active = min(recent) if recent else None
+        relaxed_left = self.config.latency_budget  # tokens left for less urgent prompts in this step
         planned: dict[int, int] = {}  # seq_id -> tokens scheduled this step
         watermark = int(self.config.watermark * self.blocks.num_blocks)
         # Pass 1 respects each app's weighted share; pass 2 hands out what is left.
@@ -169,6 +201,9 @@ class Scheduler:
                 limit = budget
                 if capped:
                     limit = min(limit, cap[seq.app_id] - used.get(seq.app_id, 0))
+                less_urgent = urgent_active is not None and seq.priority > urgent_active
+                if less_urgent:
+                    limit = min(limit, relaxed_left)
                 have = planned.get(seq.seq_id, 0)
                 extra = min(seq.num_uncomputed - have, limit)
                 if extra <= 0:
@@ -196,6 +231,8 @@ class Scheduler:
                     self.running.append(seq)
                 planned[seq.seq_id] = have + extra
                 used[seq.app_id] = used.get(seq.app_id, 0) + extra
+                if less_urgent:
+                    relaxed_left -= extra
                 budget -= extra
         by_id = {s.seq_id: s for s in candidates}
         out.prefills += [(by_id[i], n) for i, n in planned.items()]
