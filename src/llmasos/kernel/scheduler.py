@@ -192,9 +192,10 @@ class Scheduler:
         planned: dict[int, int] = {}  # seq_id -> tokens scheduled this step
         watermark = int(self.config.watermark * self.blocks.num_blocks)
         # Pass 1 respects each app's weighted share; pass 2 hands out what is left.
+        blocked = False  # the head of the queue waits for memory; nobody overtakes it
         for capped in (True, False):
             for seq in candidates:
-                if budget == 0:
+                if budget == 0 or blocked:
                     break
                 if seq.status is SequenceStatus.FINISHED or seq in out.preempted:
                     continue
@@ -216,11 +217,13 @@ class Scheduler:
                     extra = min(seq.num_uncomputed, limit)
                     if self.blocks.blocks_needed(seq, extra) + watermark > self.blocks.num_free_blocks:
                         self.blocks.free_seq(seq)  # return any prefix blocks it borrowed
-                        return budget  # the head of the queue waits for memory; nobody overtakes it
+                        blocked = True
+                        break
                 if not try_allocate(seq, have + extra):
                     if admitting:
                         self.blocks.free_seq(seq)
-                        return budget
+                        blocked = True
+                        break
                     if have:
                         continue  # keep what it already has this step
                     self._preempt(seq, out)

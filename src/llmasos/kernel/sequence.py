@@ -18,7 +18,7 @@ class SequenceStatus(Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: two sequences are never "equal", and lookups stay O(1) per item
 class Sequence:
     seq_id: int
     request_id: str
