@@ -33,14 +33,18 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def _qkv(self, x: torch.Tensor, rope: RopeTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.unflatten(-1, (self.num_heads, self.head_dim))
-        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
-        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        qkv = self.qkv_proj(x)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = self.q_norm(q.unflatten(-1, (self.num_heads, self.head_dim)))
+            k = self.k_norm(k.unflatten(-1, (self.num_kv_heads, self.head_dim)))
+            qk = torch.cat([q, k], dim=-2)
+        else:
+            qk = qkv[..., : self.q_size + self.kv_size].unflatten(-1, (self.num_heads + self.num_kv_heads, self.head_dim))
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+            qk = apply_rope(qk, rope)  # q and k heads rotated together: half the ops
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=-2)
+        v = qkv[..., self.q_size + self.kv_size :].unflatten(-1, (self.num_kv_heads, self.head_dim))
         return q, k, v
 
     def forward(self, x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
