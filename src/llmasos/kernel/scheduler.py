@@ -134,25 +134,25 @@ class Scheduler:
             return True
 
         # Prompts waiting for their first token, best-ranked first.
-        candidates = [s for s in ranked if s.status is SequenceStatus.RUNNING and s.num_uncomputed > 1]
-        candidates += sorted(self.waiting, key=lambda s: self.rank(s, now))
-        candidates.sort(key=lambda s: self.rank(s, now))
+        candidates = sorted([s for s in ranked if s.num_uncomputed > 1] + self.waiting, key=lambda s: self.rank(s, now))
         urgent = self.priority_class(candidates[0], now) if candidates else None
+
+        def schedule_decodes(seqs: list[Sequence]) -> None:
+            nonlocal budget
+            for seq in seqs:
+                if budget == 0 or seq.status is not SequenceStatus.RUNNING:
+                    continue
+                if try_allocate(seq, 1):
+                    out.decodes.append(seq)
+                    budget -= 1
+                else:
+                    self._preempt(seq, out)
 
         # 1. Decodes: one token for every running stream - except that a step serving a more urgent prompt
         # holds less urgent streams back for that one step, so the urgent first token is not slowed down.
-        held: list[Sequence] = []
-        for seq in ranked:
-            if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed != 1 or budget == 0:
-                continue
-            if urgent is not None and self.priority_class(seq, now) > urgent:
-                held.append(seq)
-                continue
-            if try_allocate(seq, 1):
-                out.decodes.append(seq)
-                budget -= 1
-            else:
-                self._preempt(seq, out)
+        decoding = [s for s in ranked if s.num_uncomputed == 1]
+        held = [s for s in decoding if urgent is not None and self.priority_class(s, now) > urgent]
+        schedule_decodes([s for s in decoding if s not in held])
 
         # 2. Prompt chunks: running prefills in progress, then waiting requests.
         if out.preempted:  # admitting new work right after preempting would only thrash
@@ -162,14 +162,7 @@ class Scheduler:
 
         # The urgent prompt could not run after all (memory, max_num_seqs): do not stall the held streams.
         if held and not any(self.priority_class(s, now) <= urgent for s, _ in out.prefills):
-            for seq in held:
-                if budget == 0 or seq.status is not SequenceStatus.RUNNING:
-                    continue
-                if try_allocate(seq, 1):
-                    out.decodes.append(seq)
-                    budget -= 1
-                else:
-                    self._preempt(seq, out)
+            schedule_decodes(held)
         return out
 
     def _schedule_prefills(self, candidates, budget, now, out, try_allocate) -> int:  # noqa: ANN001
