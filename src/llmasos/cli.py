@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ def generate(
     try:
         text = apply_chat_template(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
         if as_json:
-            final = _stream(engine, text, params, out=open("/dev/null", "w"))  # noqa: SIM115
+            final = _stream(engine, text, params, out=io.StringIO())  # JSON mode prints only the result
             print(json.dumps({
                 "prompt": prompt, "prompt_tokens": len(final.prompt_token_ids),
                 "choices": [{"index": c.index, "text": c.text, "token_ids": c.token_ids,
