@@ -254,3 +254,21 @@ def test_async_streaming_deltas_add_up(llama_dir):
             asyncio.run(collect(""))
     finally:
         allm.shutdown()
+
+
+def test_chat_does_not_add_special_tokens_twice(tmp_path):
+    """A Llama-3-style template writes BOS itself; the tokenizer must not add a second one."""
+    from transformers import AutoTokenizer
+
+    from llmasos.models.random_checkpoint import build_random_checkpoint
+
+    path = build_random_checkpoint(tmp_path / "bos", "llama")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.bos_token = "<|endoftext|>"
+    tok.add_bos_token = True
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(str(path))
+    llm = make_llm(path)
+    bos = llm.tokenizer.bos_token_id
+    out = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2))[0]
+    assert out.prompt_token_ids.count(bos) == 1 and out.prompt_token_ids[0] == bos

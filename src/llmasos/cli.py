@@ -57,10 +57,11 @@ def _engine(model: str | None, dtype: str, threads: int | None) -> LLMEngine:
         raise typer.Exit(2) from exc
 
 
-def _stream(engine: LLMEngine, prompt: str | list[int], params: SamplingParams, out=None):  # noqa: ANN001, ANN202
+def _stream(engine: LLMEngine, prompt: str | list[int], params: SamplingParams, out=None,  # noqa: ANN001, ANN202
+            templated: bool = False):
     """Run one request, printing text deltas as they arrive; returns the final RequestOutput."""
     out = out or sys.stdout
-    rid = engine.add_request(prompt, params)
+    rid = engine.add_request(prompt, params, add_special_tokens=not templated)
     final = None
     while final is None:
         for o in engine.step():
@@ -108,7 +109,7 @@ def generate(
     try:
         text = apply_chat_template(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
         if as_json:
-            final = _stream(engine, text, params, out=io.StringIO())  # JSON mode prints only the result
+            final = _stream(engine, text, params, out=io.StringIO(), templated=chat)  # JSON: only the result
             print(json.dumps({
                 "prompt": prompt, "prompt_tokens": len(final.prompt_token_ids),
                 "choices": [{"index": c.index, "text": c.text, "token_ids": c.token_ids,
@@ -117,7 +118,7 @@ def generate(
                             for c in final.outputs],
             }, ensure_ascii=False))
             return
-        final = _stream(engine, text, params)
+        final = _stream(engine, text, params, templated=chat)
         if n > 1:
             for c in final.outputs:
                 print(f"--- completion {c.index} ({c.finish_reason})\n{c.text}")
@@ -167,12 +168,12 @@ def chat(
         history.append({"role": "user", "content": line})
         prompt = apply_chat_template(engine.tokenizer, history)
         # Keep the conversation inside the context window: drop the oldest turns first.
-        while len(engine.encode(prompt)) + 1 >= engine.max_model_len and len(history) > (2 if system else 1):
+        while len(engine.encode(prompt, add_special_tokens=False)) + 1 >= engine.max_model_len and len(history) > (2 if system else 1):
             del history[1 if system else 0]
             prompt = apply_chat_template(engine.tokenizer, history)
         sys.stdout.write("assistant> ")
         try:
-            final = _stream(engine, prompt, params)
+            final = _stream(engine, prompt, params, templated=True)
         except ValueError as exc:
             err.print(f"\n[red]error:[/red] {exc}")
             history.pop()

@@ -86,10 +86,11 @@ class LLMEngine:
         self._req_ids = itertools.count()
 
     # -- requests --------------------------------------------------------------------------------------
-    def encode(self, prompt: str) -> list[int]:
+    def encode(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        """Tokenise; chat-templated text already carries its special tokens, so pass False for it."""
         if self.tokenizer is None:
             raise ValueError("this engine has no tokenizer: pass token ids instead of text")
-        return self.tokenizer.encode(prompt, add_special_tokens=True)
+        return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
     def _structured(self) -> StructuredOutputManager:
         if self.structured is None:
@@ -100,7 +101,8 @@ class LLMEngine:
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                     request_id: str | None = None, app_id: str = "default", priority: int = 0,
-                    weight: float = 1.0, arrival_time: float | None = None) -> str:
+                    weight: float = 1.0, arrival_time: float | None = None,
+                    add_special_tokens: bool = True) -> str:
         """Validate and queue one request. Raises ValueError on bad input; nothing is queued then."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
@@ -109,7 +111,7 @@ class LLMEngine:
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty")
-            text, ids = prompt, self.encode(prompt)
+            text, ids = prompt, self.encode(prompt, add_special_tokens)
         elif isinstance(prompt, list | tuple):
             text, ids = None, list(prompt)
             vocab = self.model.config.vocab_size

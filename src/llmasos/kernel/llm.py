@@ -52,7 +52,8 @@ class LLM:
 
     def generate(self, prompts: str | list[int] | Seq[str] | Seq[list[int]],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
-                 app_id: str = "default", priority: int = 0, weight: float = 1.0) -> list[RequestOutput]:
+                 app_id: str = "default", priority: int = 0, weight: float = 1.0,
+                 add_special_tokens: bool = True) -> list[RequestOutput]:
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = list(prompts)
@@ -65,7 +66,8 @@ class LLM:
         ids = []
         try:
             for prompt, p in zip(prompts, params, strict=True):
-                ids.append(self.engine.add_request(prompt, p, app_id=app_id, priority=priority, weight=weight))
+                ids.append(self.engine.add_request(prompt, p, app_id=app_id, priority=priority, weight=weight,
+                                                   add_special_tokens=add_special_tokens))
         except ValueError as exc:
             for rid in ids:  # all or nothing: a bad prompt leaves no half-submitted batch behind
                 self.engine.abort_request(rid)
@@ -87,7 +89,8 @@ class LLM:
         """Generate replies to one conversation or a batch of them, through the model's chat template."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [self.apply_chat_template(c) for c in conversations]
-        return self.generate(prompts, sampling_params, **kwargs)
+        # The template already wrote BOS and friends: adding them again would double them (Llama 3).
+        return self.generate(prompts, sampling_params, add_special_tokens=False, **kwargs)
 
 
 def apply_chat_template(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True) -> str:
