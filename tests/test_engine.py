@@ -272,3 +272,12 @@ def test_chat_does_not_add_special_tokens_twice(tmp_path):
     bos = llm.tokenizer.bos_token_id
     out = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2))[0]
     assert out.prompt_token_ids.count(bos) == 1 and out.prompt_token_ids[0] == bos
+
+
+def test_a_sequence_larger_than_the_kv_pool_ends_with_length_not_a_stall(llama_dir):
+    llm = make_llm(llama_dir, kv_cache_memory=10 * 4 * 512)  # 10 blocks of 4 tokens: 40 tokens in all
+    assert llm.engine.max_seq_tokens == 40
+    out = llm.generate([list(range(1, 37))], SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+    with pytest.raises(ValueError, match="KV cache"):
+        llm.generate([list(range(1, 45))], SamplingParams(max_tokens=2))

@@ -79,6 +79,8 @@ class LLMEngine:
             self.block_manager,
         )
         self.runner = ModelRunner(model, num_blocks, config.block_size)
+        # A sequence can never outgrow the whole block pool: past that it ends with "length", not a stall.
+        self.max_seq_tokens = min(self.max_model_len, num_blocks * config.block_size)
         self.structured = None
         self.requests: dict[str, RequestState] = {}
         self.stats = EngineStats()
@@ -125,10 +127,9 @@ class LLMEngine:
             raise ValueError(
                 f"prompt has {len(ids)} tokens but the context window is {self.max_model_len}: no room to generate"
             )
-        bs = self.config.block_size
-        if -(-(len(ids) + 1) // bs) > self.block_manager.num_blocks:
+        if len(ids) >= self.max_seq_tokens:
             raise ValueError(
-                f"prompt needs {-(-(len(ids) + 1) // bs)} KV blocks; the cache has {self.block_manager.num_blocks}"
+                f"prompt has {len(ids)} tokens but the KV cache holds {self.max_seq_tokens}: raise kv_cache_memory"
             )
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError("priority must be an integer (lower runs first)")
@@ -256,7 +257,7 @@ class LLMEngine:
             return None
         if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
             return self._finish(seq, "length")
-        if len(seq.token_ids) >= self.max_model_len:
+        if len(seq.token_ids) >= self.max_seq_tokens:
             return self._finish(seq, "length")
         return None
 

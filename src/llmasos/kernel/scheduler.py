@@ -183,7 +183,9 @@ class Scheduler:
         urgent_active = min(recent) if recent else None
         relaxed_left = self.config.latency_budget  # tokens left for less urgent prompts in this step
         planned: dict[int, int] = {}  # seq_id -> tokens scheduled this step
-        watermark = int(self.config.watermark * self.blocks.num_blocks)
+        # The watermark keeps room for running streams to grow; with nothing running it would only make a
+        # prompt that needs the whole pool wait forever.
+        watermark = int(self.config.watermark * self.blocks.num_blocks) if self.running else 0
         # Pass 1 respects each app's weighted share; pass 2 hands out what is left.
         blocked = False  # the head of the queue waits for memory; nobody overtakes it
         for capped in (True, False):
