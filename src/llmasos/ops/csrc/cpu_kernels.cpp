@@ -25,38 +25,56 @@ inline float bf16_to_float(uint16_t v) {
   return f;
 }
 
+// MC input rows x NC weight rows, with compile-time bounds so every accumulator lives in a register.
+template <int MC, int NC>
+inline void micro(const uint16_t* x, const uint16_t* w, const at::BFloat16* bias, at::BFloat16* y, int64_t K,
+                  int64_t N, int64_t m0, int64_t n, int64_t prefetch_row) {
+  const int64_t kv = K - K % 32;
+  __m512 acc[MC][NC];
+  for (int i = 0; i < MC; ++i)
+    for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kv; k += 32) {
+    __m512bh wv[NC];
+    for (int j = 0; j < NC; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + (n + j) * K + k);
+    // Start fetching the next row group now: with few input rows the loop is bound by memory latency.
+    if (prefetch_row >= 0)
+      for (int j = 0; j < NC; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + (prefetch_row + j) * K + k), _MM_HINT_T0);
+    for (int i = 0; i < MC; ++i) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + i) * K + k);
+      for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
+    }
+  }
+  for (int i = 0; i < MC; ++i) {
+    for (int j = 0; j < NC; ++j) {
+      float s = _mm512_reduce_add_ps(acc[i][j]);
+      for (int64_t k = kv; k < K; ++k) s += bf16_to_float(x[(m0 + i) * K + k]) * bf16_to_float(w[(n + j) * K + k]);
+      if (bias) s += static_cast<float>(bias[n + j]);
+      y[(m0 + i) * N + n + j] = at::BFloat16(s);  // round to nearest even
+    }
+  }
+}
+
+template <int NC>
+inline void micro_m(int64_t mc, const uint16_t* x, const uint16_t* w, const at::BFloat16* bias, at::BFloat16* y,
+                    int64_t K, int64_t N, int64_t m0, int64_t n, int64_t prefetch_row) {
+  switch (mc) {
+    case 1: micro<1, NC>(x, w, bias, y, K, N, m0, n, prefetch_row); break;
+    case 2: micro<2, NC>(x, w, bias, y, K, N, m0, n, prefetch_row); break;
+    case 3: micro<3, NC>(x, w, bias, y, K, N, m0, n, prefetch_row); break;
+    default: micro<4, NC>(x, w, bias, y, K, N, m0, n, prefetch_row); break;
+  }
+}
+
 void tile(const uint16_t* x, const uint16_t* w, const at::BFloat16* bias, at::BFloat16* y, int64_t M, int64_t K,
           int64_t N, int64_t n0, int64_t n1) {
-  const int64_t kv = K - K % 32;
   for (int64_t m0 = 0; m0 < M; m0 += kRowsM) {
     const int64_t mc = std::min(kRowsM, M - m0);
-    for (int64_t n = n0; n < n1; n += kRowsN) {
-      const int64_t nc = std::min(kRowsN, n1 - n);
-      __m512 acc[kRowsM][kRowsN];
-      for (int64_t i = 0; i < kRowsM; ++i)
-        for (int64_t j = 0; j < kRowsN; ++j) acc[i][j] = _mm512_setzero_ps();
-      for (int64_t k = 0; k < kv; k += 32) {
-        __m512bh wv[kRowsN];
-        for (int64_t j = 0; j < nc; ++j) {
-          wv[j] = (__m512bh)_mm512_loadu_si512(w + (n + j) * K + k);
-          // Start fetching the next row group now: with few input rows the loop is bound by memory latency.
-          if (m0 == 0 && n + nc + j < N) _mm_prefetch(reinterpret_cast<const char*>(w + (n + nc + j) * K + k), _MM_HINT_T0);
-        }
-        for (int64_t i = 0; i < mc; ++i) {
-          const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + i) * K + k);
-          for (int64_t j = 0; j < nc; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
-        }
-      }
-      for (int64_t i = 0; i < mc; ++i) {
-        for (int64_t j = 0; j < nc; ++j) {
-          float s = _mm512_reduce_add_ps(acc[i][j]);
-          for (int64_t k = kv; k < K; ++k)
-            s += bf16_to_float(x[(m0 + i) * K + k]) * bf16_to_float(w[(n + j) * K + k]);
-          if (bias) s += static_cast<float>(bias[n + j]);
-          y[(m0 + i) * N + n + j] = at::BFloat16(s);  // round to nearest even
-        }
-      }
+    int64_t n = n0;
+    for (; n + kRowsN <= n1; n += kRowsN) {
+      const int64_t next = (m0 == 0 && n + 2 * kRowsN <= N) ? n + kRowsN : -1;
+      micro_m<kRowsN>(mc, x, w, bias, y, K, N, m0, n, next);
     }
+    for (; n < n1; ++n) micro_m<1>(mc, x, w, bias, y, K, N, m0, n, -1);
   }
 }
 
