@@ -182,3 +182,14 @@ def test_less_urgent_prompts_get_small_chunks_while_an_urgent_app_is_active():
     s.add(big)
     assert run(s, now=NOW + 2).prefills == [(big, 32)]
     assert run(s, now=NOW + 10).prefills == [(big, 368)]  # the urgent app went quiet: full budget again
+
+
+def test_a_declared_interactive_app_keeps_steps_short_before_its_first_request():
+    s = Scheduler(SchedulerConfig(16, 512, latency_budget=32, watermark=0.0),
+                  BlockManager(256, 4, enable_prefix_caching=False))
+    big = mkseq(400, app="batch", arrival=NOW)
+    s.add(big)
+    s.register_latency_sensitive("chat", -1)
+    assert run(s).prefills == [(big, 32)]
+    s.unregister_latency_sensitive("chat")
+    assert run(s).prefills == [(big, 368)]

@@ -159,6 +159,17 @@ class LLMEngine:
         init_offsets(seq)
         return seq
 
+    def set_latency_sensitive(self, app_id: str, priority: int, enabled: bool = True) -> None:
+        """Declare (or undeclare) an interactive app of the given priority. While it is declared, prompts of
+        less urgent apps are computed in chunks of at most `latency_budget` tokens per step, so its requests
+        never arrive during a long step - at some cost in those apps' prompt throughput."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError("priority must be an integer (lower runs first)")
+        if enabled:
+            self.scheduler.register_latency_sensitive(app_id, priority)
+        else:
+            self.scheduler.unregister_latency_sensitive(app_id)
+
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its KV blocks; returns its final output, or None if unknown."""
         state = self.requests.get(request_id)

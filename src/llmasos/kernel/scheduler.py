@@ -27,9 +27,9 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 1024
     aging_seconds: float = 10.0  # one priority level gained per this many seconds of waiting
     watermark: float = 0.01  # fraction of KV blocks kept free when admitting new requests
-    # While a more urgent app is active (a request of it seen within `latency_window` seconds), less urgent
-    # prompts get at most `latency_budget` tokens per step, so the step an urgent request arrives during
-    # is short.
+    # While a more urgent app is active (a request of it seen within `latency_window` seconds, or the app
+    # declared latency-sensitive), less urgent prompts get at most `latency_budget` tokens per step, so the
+    # step an urgent request arrives during is short.
     latency_budget: int = 128
     latency_window: float = 5.0
 
@@ -66,6 +66,14 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.app_vtime: dict[str, float] = {}
         self.last_seen: dict[int, float] = {}  # priority -> when a request of that priority last arrived
+        self.latency_sensitive: dict[str, int] = {}  # app id -> priority, for apps declared interactive
+
+    def register_latency_sensitive(self, app_id: str, priority: int) -> None:
+        """Declare an interactive app: less urgent prompts get short steps even before its first request."""
+        self.latency_sensitive[app_id] = priority
+
+    def unregister_latency_sensitive(self, app_id: str) -> None:
+        self.latency_sensitive.pop(app_id, None)
 
     # -- queue management ------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -180,6 +188,7 @@ class Scheduler:
         cap = {a: max(1, int(budget * w / total_w)) for a, w in weights.items()}
         used: dict[str, int] = {}
         recent = [p for p, t in self.last_seen.items() if now - t <= self.config.latency_window]
+        recent += self.latency_sensitive.values()
         urgent_active = min(recent) if recent else None
         relaxed_left = self.config.latency_budget  # tokens left for less urgent prompts in this step
         planned: dict[int, int] = {}  # seq_id -> tokens scheduled this step
