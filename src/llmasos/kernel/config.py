@@ -17,7 +17,7 @@ class EngineConfig:
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 1024
     aging_seconds: float = 10.0
-    latency_budget: int = 128  # prompt tokens per step for less urgent apps while a more urgent one is active
+    latency_budget: int = 64  # prompt tokens per step for less urgent apps while a more urgent one is active
     latency_window: float = 5.0  # seconds an app counts as active after its last request
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default (all cores)
     seed: int = 0

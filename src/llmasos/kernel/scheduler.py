@@ -30,7 +30,7 @@ class SchedulerConfig:
     # While a more urgent app is active (a request of it seen within `latency_window` seconds, or the app
     # declared latency-sensitive), less urgent prompts get at most `latency_budget` tokens per step, so the
     # step an urgent request arrives during is short.
-    latency_budget: int = 128
+    latency_budget: int = 64
     latency_window: float = 5.0
 
     def __post_init__(self) -> None:
