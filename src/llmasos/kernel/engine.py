@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,8 +35,6 @@ class RequestState:
     metrics: RequestMetrics
     forked: bool = False
     max_stop_len: int = 0
-    finished_reported: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -247,8 +245,6 @@ class LLMEngine:
         self.stats.generated_tokens += 1
         if state.metrics.first_token_time is None:
             state.metrics.first_token_time = now
-        if seq.first_token_time is None:
-            seq.first_token_time = now
         p = seq.params
         if res.top_logprobs is not None:
             seq.logprobs.append(res.top_logprobs)

@@ -41,7 +41,6 @@ class Sequence:
     matcher: Any = None  # structured-output matcher, when constrained
     logprobs: list[dict[int, float]] = field(default_factory=list)
     cumulative_logprob: float = 0.0
-    first_token_time: float | None = None
     # Incremental detokenisation state.
     text: str = ""
     prefix_offset: int = 0

@@ -17,7 +17,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -143,4 +143,4 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
     model_dir = resolve_model_dir(name_or_path)
     cfg = ModelConfig.from_hf(read_hf_config(model_dir))
     state = convert_state_dict(cfg, iter_checkpoint_tensors(model_dir))
-    return build_model(cfg, state, resolve_dtype(dtype, device), device), model_dir
+    return build_model(cfg, state, resolve_dtype(dtype), device), model_dir
