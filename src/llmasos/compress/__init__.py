@@ -1,0 +1,1 @@
+"""Model compression: distillation, quantization (executed by the kernel) and pruning."""

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, BLEU, ROUGE-L and capacity planning (`llmasos eval ...`, `llmasos plan`)."""

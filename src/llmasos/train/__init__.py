@@ -1,0 +1,1 @@
+"""The training toolchain: tokenizers, data preparation, pre-training, fine-tuning and recipes."""
