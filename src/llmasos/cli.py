@@ -1,4 +1,4 @@
-"""The `llmasos` shell: terminal chat and one-shot generation (the server commands join later)."""
+"""The `llmasos` shell: chat, one-shot generation, and the toolchain's train / adapt / compress / eval groups."""
 
 from __future__ import annotations
 
@@ -11,14 +11,22 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from llmasos.adapters.cli import adapt_app
+from llmasos.compress.cli import compress_app
+from llmasos.eval.cli import eval_app
 from llmasos.kernel.config import EngineConfig
 from llmasos.kernel.engine import LLMEngine
 from llmasos.kernel.llm import apply_chat_template, build_engine
 from llmasos.kernel.sampling_params import SamplingParams, StructuredOutput
+from llmasos.train.cli import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLMasOS: an operating system for LLM applications. The LLM is the CPU.")
 err = Console(stderr=True)
+app.add_typer(train_app, name="train")
+app.add_typer(adapt_app, name="adapt")
+app.add_typer(compress_app, name="compress")
+app.add_typer(eval_app, name="eval")
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="HF model directory or hub name (default: built-in)")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
