@@ -10,11 +10,7 @@ from pathlib import Path
 
 import torch
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+from llmasos.models.hf_format import make_hf_config
 
 # Presets: name -> (family kwargs). "bench" is the 0.42B Llama-shaped model of the benchmark brief.
 PRESETS: dict[str, dict] = {
@@ -35,20 +31,10 @@ _CORPUS = (
 
 
 def build_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> None:
-    """Train a small byte-level BPE tokenizer and save it as a `PreTrainedTokenizerFast` with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """Train a small byte-level BPE tokenizer on a fixed corpus and save it with the chat template."""
+    from llmasos.train.tokenizer import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([_CORPUS] * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None)
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out_dir))
+    train_tokenizer([_CORPUS] * 20, vocab_size, out_dir, min_frequency=1)
 
 
 def build_random_checkpoint(out_dir: str | Path, family: str = "llama", preset: str = "tiny",
@@ -66,22 +52,9 @@ def build_random_checkpoint(out_dir: str | Path, family: str = "llama", preset: 
         from transformers import AutoTokenizer
 
         vocab_size = max(vocab_size, len(AutoTokenizer.from_pretrained(str(out))))
-    eos = 2  # <|im_end|> in the trained tokenizer
-    common = dict(vocab_size=vocab_size, bos_token_id=None, eos_token_id=eos, pad_token_id=0)
-    if family == "gpt2":
-        cfg = tf.GPT2Config(n_embd=p["hidden_size"], n_inner=p["intermediate_size"], n_layer=p["num_hidden_layers"],
-                            n_head=p["num_attention_heads"], n_positions=p.get("max_position_embeddings", 512),
-                            **common)
-        cls = tf.GPT2LMHeadModel
-    else:
-        kw = dict(p, max_position_embeddings=p.get("max_position_embeddings", 2048), **common)
-        cfg_cls, cls = {
-            "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-            "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-            "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-            "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
-        }[family]
-        cfg = cfg_cls(**kw)
+    hf = make_hf_config(family, vocab_size, eos_token_id=2, pad_token_id=0, **p)  # eos = <|im_end|>
+    cls = getattr(tf, hf["architectures"][0])
+    cfg = tf.AutoConfig.for_model(**hf)
     torch.manual_seed(seed)
     model = cls(cfg).to(dtype)
     model.save_pretrained(str(out))

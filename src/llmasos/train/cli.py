@@ -2,6 +2,149 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from pydantic import ValidationError
+from rich.console import Console
 
 train_app = typer.Typer(no_args_is_help=True, help="Train tokenizers and models, fine-tune, rebuild the built-in model.")
+recipe_app = typer.Typer(no_args_is_help=True, help="End-to-end training recipes.")
+train_app.add_typer(recipe_app, name="recipe")
+err = Console(stderr=True)
+
+Inputs = Annotated[list[Path], typer.Option("--input", "-i", help=".txt / .jsonl file or directory (repeatable)")]
+HubOpt = Annotated[str | None, typer.Option("--hub-dataset", help="HF datasets name[:config], e.g. wikimedia/wikipedia:20231101.en")]
+HubLimit = Annotated[int | None, typer.Option("--hub-limit", help="Most documents to read from the hub dataset")]
+TextField = Annotated[str, typer.Option("--text-field", help="JSONL / dataset field holding the text")]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(2)
+
+
+def _texts(inputs: list[Path] | None, hub: str | None, hub_limit: int | None, text_field: str):  # noqa: ANN202
+    from itertools import chain
+
+    from llmasos.train.data import read_hub_dataset, read_texts
+
+    sources = [read_texts(p, text_field) for p in inputs or []]
+    if hub:
+        name, _, config = hub.partition(":")
+        sources.append(read_hub_dataset(name, config or None, text_field=text_field, limit=hub_limit))
+    if not sources:
+        raise typer.BadParameter("give at least one --input or --hub-dataset")
+    return chain.from_iterable(sources)
+
+
+@train_app.command()
+def tokenizer(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the tokenizer to")],
+    inputs: Inputs = None,
+    hub_dataset: HubOpt = None,
+    hub_limit: HubLimit = None,
+    text_field: TextField = "text",
+    vocab_size: Annotated[int, typer.Option("--vocab-size")] = 8192,
+) -> None:
+    """Train a byte-level BPE tokenizer (with the chat template and special tokens)."""
+    from llmasos.train.tokenizer import train_tokenizer
+
+    try:
+        tok = train_tokenizer(_texts(inputs, hub_dataset, hub_limit, text_field), vocab_size, out, show_progress=True)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    err.print(f"tokenizer with {len(tok)} tokens written to {out}")
+
+
+@train_app.command()
+def prepare(
+    tokenizer_dir: Annotated[Path, typer.Option("--tokenizer", "-t", help="Tokenizer or model directory")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for train.bin / val.bin / meta.json")],
+    inputs: Inputs = None,
+    hub_dataset: HubOpt = None,
+    hub_limit: HubLimit = None,
+    text_field: TextField = "text",
+    val_fraction: Annotated[float, typer.Option("--val-fraction")] = 0.05,
+    seed: int = 0,
+) -> None:
+    """Tokenize a corpus into memory-mapped token files with a train/validation split by document."""
+    from transformers import AutoTokenizer
+
+    from llmasos.train.data import prepare_dataset
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        meta = prepare_dataset(_texts(inputs, hub_dataset, hub_limit, text_field), tok, out, val_fraction, seed,
+                               tokenizer_path=str(tokenizer_dir.resolve()), progress=True)
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps(meta.__dict__, indent=2))
+
+
+@train_app.command()
+def pretrain(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML/JSON: model, data, train sections")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in out_dir")] = False,
+) -> None:
+    """Pre-train a native decoder model (single process, or data-parallel under torchrun)."""
+    from llmasos.train.pretrain import PretrainSpec
+    from llmasos.train.pretrain import pretrain as run
+    from llmasos.train.trainer import result_json
+
+    try:
+        result = run(PretrainSpec.from_file(config), resume=resume)
+    except (ValueError, ValidationError, OSError, MemoryError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(result_json(result))
+
+
+@train_app.command("sft")
+def sft_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: HF directory or hub name")],
+    data: Annotated[Path, typer.Option("--data", "-d", help='JSONL, one {"messages": [...]} per line')],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    steps: Annotated[int, typer.Option("--steps")] = 500,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    grad_accum: Annotated[int, typer.Option("--grad-accum")] = 1,
+    seq_len: Annotated[int, typer.Option("--seq-len")] = 512,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume")] = False,
+) -> None:
+    """Chat fine-tuning of a native model, loss on assistant tokens only; exported to OUT/model."""
+    from llmasos.train.config import TrainConfig
+    from llmasos.train.sft import read_chat_jsonl, sft
+    from llmasos.train.trainer import result_json
+
+    try:
+        cfg = TrainConfig(out_dir=str(out), max_steps=steps, batch_size=batch_size, grad_accum=grad_accum,
+                          seq_len=seq_len, lr=lr, precision=precision, warmup_steps=max(1, steps // 20),
+                          eval_interval=max(1, steps // 5), ckpt_interval=max(1, steps // 5))
+        result = sft(model, read_chat_jsonl(data), cfg, resume=resume)
+    except (ValueError, ValidationError, OSError, MemoryError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(result_json(result))
+
+
+@recipe_app.command()
+def builtin(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Work directory (stages resume from it)")] = Path("runs/builtin"),
+    wordnet: Annotated[str | None, typer.Option(help="WordNet dict directory (default: /usr/share/wordnet)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="A minutes-long shrink to check the pipeline")] = False,
+    install: Annotated[bool, typer.Option("--install", help="Copy the result into the package as the default")] = False,
+) -> None:
+    """Rebuild the built-in model from scratch: corpus, tokenizer, pre-training, chat fine-tuning, model card."""
+    from llmasos.train.recipes.builtin import BuiltinRecipe, run_builtin
+
+    try:
+        final = run_builtin(out, BuiltinRecipe.smoke() if smoke else BuiltinRecipe(), wordnet, threads)
+    except (ValueError, OSError, MemoryError) as exc:
+        raise _fail(exc) from exc
+    if install:
+        from llmasos.models.default_model import install_builtin
+
+        err.print(f"installed as the built-in model: {install_builtin(final)}")

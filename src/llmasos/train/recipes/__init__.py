@@ -1,0 +1,1 @@
+"""Recipes: named end-to-end training pipelines (`llmasos train recipe NAME`)."""

@@ -1,0 +1,280 @@
+"""The built-in model's recipe: corpus -> tokenizer -> pre-training -> chat fine-tuning -> evaluation -> package.
+
+`llmasos train recipe builtin` runs every stage into a work directory; each finished stage leaves a marker, so
+an interrupted rebuild continues where it stopped (pre-training resumes from its last checkpoint). The shipped
+model (`llmasos/builtin/model`, loaded by `LLM()` when no model is named) is the `final` directory it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from llmasos.train.recipes.sources import (
+    Synset,
+    chatterbot_conversations,
+    find_wordnet,
+    python_topics,
+    read_wordnet,
+)
+from llmasos.train.recipes.synthetic import synthetic_conversations, turns_to_messages
+
+
+@dataclass(frozen=True)
+class BuiltinRecipe:
+    """Every knob of the rebuild. `smoke()` is a minutes-long shrink for tests of the pipeline itself."""
+
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 8
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    max_position: int = 1024
+    synthetic_conversations: int = 60000
+    pretrain_steps: int = 2400
+    pretrain_batch: int = 16
+    pretrain_seq_len: int = 256
+    pretrain_lr: float = 2e-3
+    sft_steps: int = 600
+    sft_batch: int = 16
+    sft_lr: float = 5e-4
+    seed: int = 0
+
+    @classmethod
+    def smoke(cls) -> BuiltinRecipe:
+        return cls(vocab_size=600, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                   max_position=256, synthetic_conversations=300, pretrain_steps=20, pretrain_batch=4,
+                   pretrain_seq_len=64, sft_steps=10, sft_batch=4)
+
+
+SAMPLE_PROMPTS = [
+    [{"role": "user", "content": "Who are you?"}],
+    [{"role": "user", "content": "What does volcano mean?"}],
+    [{"role": "user", "content": "Give me a synonym for happy."}],
+    [{"role": "system", "content": "You are the support assistant of Northwind. Order 51234: shipped, sent with "
+                                   "UPS on 2026-05-02. Returns are accepted within 30 days of delivery."},
+     {"role": "user", "content": "Where is my order 51234?"}],
+    [{"role": "system", "content": 'You recommend books from this catalogue only: "The Harbor" (mystery book); '
+                                   '"The Lantern" (fantasy book); "The Orchard" (history book).'},
+     {"role": "user", "content": "Can you recommend a fantasy book?"}],
+    [{"role": "user", "content": "Hello, how are you?"}],
+]
+
+
+def synset_text(s: Synset) -> str:
+    text = f"{s.words[0]} ({s.pos}): {s.definition}."
+    if len(s.words) > 1:
+        text += " Also: " + ", ".join(s.words[1:]) + "."
+    if s.hypernym:
+        text += f" It is a kind of {s.hypernym}."
+    for ex in s.examples[:2]:
+        text += f' Example: "{ex}".'
+    return text
+
+
+def build_corpus(recipe: BuiltinRecipe, out: Path, wordnet_dir: str | None = None) -> dict[str, int]:
+    """pretrain.jsonl (plain text) and chat.jsonl (conversations); returns document counts."""
+    synsets = read_wordnet(find_wordnet(wordnet_dir))
+    rng = random.Random(recipe.seed)
+    convs = synthetic_conversations(recipe.synthetic_conversations, synsets, recipe.seed)
+    convs += [turns_to_messages(t) for t in chatterbot_conversations()] * 3  # small, so seen a few times
+    rng.shuffle(convs)
+    texts = [synset_text(s) for s in synsets] + list(python_topics())
+    rng.shuffle(texts)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "pretrain.jsonl").open("w") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}) + "\n")
+    with (out / "chat.jsonl").open("w") as f:
+        for c in convs:
+            f.write(json.dumps({"messages": c}) + "\n")
+    return {"pretrain_texts": len(texts), "conversations": len(convs), "wordnet_synsets": len(synsets)}
+
+
+def _done(stage_dir: Path) -> bool:
+    return (stage_dir / ".done").is_file()
+
+
+def _mark(stage_dir: Path, info: dict) -> None:
+    (stage_dir / ".done").write_text(json.dumps(info, indent=2))
+
+
+def run_builtin(work_dir: str | Path, recipe: BuiltinRecipe | None = None, wordnet_dir: str | None = None,
+                num_threads: int | None = None, progress: bool = True, console: Console | None = None) -> Path:
+    """Rebuild the built-in model under `work_dir`; returns the final model directory."""
+    from transformers import AutoTokenizer
+
+    from llmasos.train.config import TrainConfig
+    from llmasos.train.data import prepare_dataset, read_texts
+    from llmasos.train.pretrain import PretrainSpec, pretrain
+    from llmasos.train.sft import read_chat_jsonl, sft
+    from llmasos.train.tokenizer import train_tokenizer
+
+    recipe = recipe or BuiltinRecipe()
+    console = console or Console(stderr=True)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    t_start = time.time()
+    corpus, tok_dir, data_dir = work / "corpus", work / "tokenizer", work / "data"
+
+    if not _done(corpus):
+        console.print("[bold]1/6[/bold] building the corpus (WordNet, chatterbot-corpus, Python topics, synthetic)")
+        _mark(corpus, build_corpus(recipe, corpus, wordnet_dir))
+    if not _done(tok_dir):
+        console.print("[bold]2/6[/bold] training the tokenizer")
+        convs = read_chat_jsonl(corpus / "chat.jsonl")
+        # The tokenizer sees dialogue text too, so chat turns tokenize as compactly as definitions.
+        chat_texts = ["\n".join(m["content"] for m in c) for c in convs]
+        texts = list(read_texts(corpus / "pretrain.jsonl")) + chat_texts
+        train_tokenizer(texts, recipe.vocab_size, tok_dir, show_progress=progress)
+        _mark(tok_dir, {"vocab_size": recipe.vocab_size})
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    if not _done(data_dir):
+        console.print("[bold]3/6[/bold] tokenizing the pre-training data")
+        convs = read_chat_jsonl(corpus / "chat.jsonl")
+        # Pre-training mixes rendered conversations in, so the chat format is familiar before fine-tuning.
+        rendered = (tokenizer.apply_chat_template(c, tokenize=False) for c in convs)
+        texts = list(read_texts(corpus / "pretrain.jsonl")) + list(rendered)
+        random.Random(recipe.seed).shuffle(texts)
+        meta = prepare_dataset(texts, tokenizer, data_dir, val_fraction=0.01, seed=recipe.seed,
+                               tokenizer_path=str(tok_dir.resolve()), progress=progress)
+        _mark(data_dir, asdict(meta))
+
+    pre_dir = work / "pretrain"
+    if not _done(pre_dir):
+        console.print("[bold]4/6[/bold] pre-training")
+        spec = PretrainSpec(
+            model=dict(family="llama", hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+                       num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads,
+                       num_key_value_heads=recipe.num_kv_heads, max_position_embeddings=recipe.max_position,
+                       tie_word_embeddings=True, rope_theta=10000.0),
+            data=str(data_dir), tokenizer=str(tok_dir),
+            train=TrainConfig(out_dir=str(pre_dir), max_steps=recipe.pretrain_steps, batch_size=recipe.pretrain_batch,
+                              seq_len=recipe.pretrain_seq_len, lr=recipe.pretrain_lr, schedule="wsd",
+                              warmup_steps=max(1, recipe.pretrain_steps // 20), decay_fraction=0.25,
+                              eval_interval=max(1, recipe.pretrain_steps // 12), eval_batches=16,
+                              ckpt_interval=max(1, recipe.pretrain_steps // 24), log_interval=10,
+                              seed=recipe.seed, num_threads=num_threads))
+        r = pretrain(spec, resume=True, progress=progress)
+        _mark(pre_dir, asdict(r))
+
+    sft_dir = work / "sft"
+    if not _done(sft_dir):
+        console.print("[bold]5/6[/bold] chat fine-tuning")
+        convs = read_chat_jsonl(corpus / "chat.jsonl")
+        cfg = TrainConfig(out_dir=str(sft_dir), max_steps=recipe.sft_steps, batch_size=recipe.sft_batch, seq_len=384,
+                          lr=recipe.sft_lr, schedule="cosine", warmup_steps=max(1, recipe.sft_steps // 20),
+                          eval_interval=max(1, recipe.sft_steps // 6), eval_batches=16,
+                          ckpt_interval=max(1, recipe.sft_steps // 6), seed=recipe.seed, num_threads=num_threads)
+        r = sft(pre_dir / "model", convs, cfg, resume=True, progress=progress)
+        _mark(sft_dir, asdict(r))
+
+    final = work / "final"
+    console.print("[bold]6/6[/bold] evaluating and packaging")
+    package_model(sft_dir / "model", final, work, recipe, time.time() - t_start)
+    console.print(f"built-in model written to {final}")
+    return final
+
+
+def package_model(src: Path, final: Path, work: Path, recipe: BuiltinRecipe, seconds: float) -> None:
+    """bf16 weights, tokenizer, and a model card with measured figures and sample outputs."""
+    from llmasos.eval.perplexity import perplexity
+    from llmasos.kernel.llm import LLM
+    from llmasos.kernel.sampling_params import SamplingParams
+    from llmasos.models.hf_format import save_hf_checkpoint
+    from llmasos.models.loader import load_model, read_hf_config
+    from llmasos.train.data import TokenDataset
+
+    if final.exists():
+        shutil.rmtree(final)
+    model, _ = load_model(src, dtype="float32")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    save_hf_checkpoint(model, read_hf_config(src), final, tokenizer=tokenizer, dtype=torch.bfloat16)
+    val = TokenDataset(work / "data", "val")
+    n = min(len(val.tokens), 64 * 256)
+    windows = [val.tokens[i : i + 256].astype("int64").tolist() for i in range(0, n - 1, 256)]
+    bf16, _ = load_model(final, dtype="bfloat16")
+    ppl = perplexity(bf16, windows).corpus_ppl
+    llm = LLM(str(final), dtype="bfloat16")
+    outs = llm.chat(SAMPLE_PROMPTS, SamplingParams(max_tokens=80, temperature=0.0))
+    samples = [(msgs, o.text) for msgs, o in zip(SAMPLE_PROMPTS, outs, strict=True)]
+    stats = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "size_mb": round(sum(f.stat().st_size for f in final.iterdir()) / 1e6, 2),
+        "weights_mb": round((final / "model.safetensors").stat().st_size / 1e6, 2),
+        "val_ppl_pretrain_data": round(ppl, 3),
+        "pretrain": json.loads((work / "pretrain" / ".done").read_text()),
+        "sft": json.loads((work / "sft" / ".done").read_text()),
+        "corpus": json.loads((work / "corpus" / ".done").read_text()),
+        "build_seconds": round(seconds),
+    }
+    (final / "build_stats.json").write_text(json.dumps(stats, indent=2))
+    (final / "README.md").write_text(model_card(recipe, stats, samples))
+    for png in ["pretrain/loss.png", "sft/loss.png"]:
+        if (work / png).is_file():
+            shutil.copy(work / png, final / png.replace("/", "_"))
+
+
+def model_card(recipe: BuiltinRecipe, stats: dict, samples: list) -> str:
+    p, s = stats["pretrain"], stats["sft"]
+    lines = [
+        "# llmasos-builtin: the default model of LLMasOS",
+        "",
+        "A small Llama-architecture chat model trained from scratch on this project's CPU pipeline. It is what "
+        "`LLM()`, `llmasos chat` and the server use when no model is named. It is tiny: it can hold a short "
+        "conversation in the chat template, define English words, answer from a context it is given, recommend from "
+        "a catalogue and do simple support and writing tasks. It is not a general assistant: its facts come "
+        "only from WordNet glosses, and it will invent things outside that.",
+        "",
+        "## Size",
+        f"- {stats['parameters'] / 1e6:.2f}M parameters: Llama, {recipe.num_layers} layers, hidden "
+        f"{recipe.hidden_size}, {recipe.num_heads} query / {recipe.num_kv_heads} KV heads, SwiGLU "
+        f"{recipe.intermediate_size}, tied embeddings, vocabulary {recipe.vocab_size} (byte-level BPE), context "
+        f"{recipe.max_position} tokens.",
+        f"- bf16 safetensors: {stats['weights_mb']} MB ({stats['size_mb']} MB with tokenizer and card).",
+        "",
+        "## Data (all redistributable, rebuilt offline)",
+        f"- WordNet 3.0 glosses, examples and hypernyms ({stats['corpus']['wordnet_synsets']} synsets; "
+        "Princeton WordNet licence), from Debian's `wordnet-base`.",
+        "- chatterbot-corpus English conversations (BSD-3-Clause).",
+        "- Python's language-reference topics from `pydoc_data` (PSF licence).",
+        f"- {recipe.synthetic_conversations} synthetic conversations generated by `llmasos.train.recipes.synthetic` "
+        "(identity, customer service with an order record, catalogue recommendations, writing fixes, "
+        "context QA, word definitions).",
+        "",
+        "## Training",
+        f"- Pre-training: {p['steps']} steps x {recipe.pretrain_batch} x {recipe.pretrain_seq_len} tokens "
+        f"({p['tokens'] / 1e6:.1f}M tokens), AdamW, warmup-stable-decay lr {recipe.pretrain_lr}, {p['precision']}, "
+        f"{p['seconds'] / 60:.0f} min. Validation loss {p['val_loss']:.3f} (perplexity {p['val_ppl']:.2f}).",
+        f"- Chat fine-tuning: {s['steps']} steps x {recipe.sft_batch} conversations, loss on assistant tokens "
+        f"only, lr {recipe.sft_lr} cosine, {s['seconds'] / 60:.0f} min. Validation loss {s['val_loss']:.3f} "
+        f"(perplexity {s['val_ppl']:.2f} on assistant tokens).",
+        f"- Perplexity of the shipped bf16 weights on the held-out pre-training split: "
+        f"{stats['val_ppl_pretrain_data']}.",
+        f"- Whole rebuild: {stats['build_seconds'] / 60:.0f} min on a 2-core CPU. Command: "
+        "`llmasos train recipe builtin --out runs/builtin` (needs `apt-get install wordnet-base`).",
+        "",
+        "## Sample outputs (greedy)",
+    ]
+    for msgs, text in samples:
+        prompt = " / ".join(f"{m['role']}: {m['content']}" for m in msgs)
+        lines += ["", f"> {prompt}", "", "```", text.strip(), "```"]
+    lines += ["", "## Limits",
+              "- Knows only what WordNet glosses and its synthetic dialogues contain; anything else is made up.",
+              "- Short context habits: trained on sequences of 256 (pre-training) and 384 (chat) tokens.",
+              "- English only. No safety tuning beyond what LLMasOS's system services add.",
+              f"- Loss curves: `pretrain_loss.png`, `sft_loss.png`. Exact-ish perplexity of math: exp(loss); "
+              f"val ppl {math.exp(min(p['val_loss'], 50)):.2f} before fine-tuning."]
+    return "\n".join(lines) + "\n"
