@@ -13,7 +13,7 @@ from rich.console import Console
 
 from llmasos.adapters.cli import adapt_app
 from llmasos.compress.cli import compress_app
-from llmasos.eval.cli import eval_app
+from llmasos.eval.cli import eval_app, plan
 from llmasos.kernel.config import EngineConfig
 from llmasos.kernel.engine import LLMEngine
 from llmasos.kernel.llm import apply_chat_template, build_engine
@@ -27,6 +27,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(adapt_app, name="adapt")
 app.add_typer(compress_app, name="compress")
 app.add_typer(eval_app, name="eval")
+app.command("plan")(plan)
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="HF model directory or hub name (default: built-in)")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]

@@ -40,11 +40,11 @@ class BuiltinRecipe:
     num_kv_heads: int = 4
     max_position: int = 1024
     synthetic_conversations: int = 60000
-    pretrain_steps: int = 2400
+    pretrain_steps: int = 1600
     pretrain_batch: int = 16
     pretrain_seq_len: int = 256
     pretrain_lr: float = 2e-3
-    sft_steps: int = 600
+    sft_steps: int = 500
     sft_batch: int = 16
     sft_lr: float = 5e-4
     seed: int = 0
