@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from llmasos.models.config import ModelConfig
+from llmasos.models.config import ModelConfig, UnsupportedModelError
 from llmasos.models.decoder import DecoderLM
 from llmasos.models.layers import RotaryEmbedding
 
@@ -141,6 +141,16 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None, dt
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
                device: str | torch.device = "cpu") -> tuple[DecoderLM, Path]:
     model_dir = resolve_model_dir(name_or_path)
-    cfg = ModelConfig.from_hf(read_hf_config(model_dir))
+    hf = read_hf_config(model_dir)
+    if hf.get("quantization_config"):
+        # Imported here: only quantized models need the compression package.
+        from llmasos.compress.quantize import is_quantized_config, load_quantized
+
+        if not is_quantized_config(hf):
+            method = hf["quantization_config"].get("quant_method")
+            raise UnsupportedModelError(f"{model_dir} is quantized with {method!r}; llmasos loads only its own "
+                                        "quantized models (llmasos compress quantize)")
+        return load_quantized(model_dir, hf, resolve_dtype(dtype), device), model_dir
+    cfg = ModelConfig.from_hf(hf)
     state = convert_state_dict(cfg, iter_checkpoint_tensors(model_dir))
     return build_model(cfg, state, resolve_dtype(dtype), device), model_dir

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 train_app = typer.Typer(no_args_is_help=True, help="Train tokenizers and models, fine-tune, rebuild the built-in model.")
 recipe_app = typer.Typer(no_args_is_help=True, help="End-to-end training recipes.")
@@ -22,7 +23,7 @@ TextField = Annotated[str, typer.Option("--text-field", help="JSONL / dataset fi
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
     return typer.Exit(2)
 
 

@@ -157,9 +157,12 @@ def _write_batch(batch, tokenizer, eos, dt, rng, val_fraction, files, counts) ->
 
 
 def _progress(it: Iterable[str], what: str) -> Iterator[str]:
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description} {task.completed} docs"), TimeElapsedColumn()) as p:
+    # stderr: stdout stays clean for the commands' JSON output.
+    with Progress(SpinnerColumn(), TextColumn("{task.description} {task.completed} docs"), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as p:
         task = p.add_task(what)
         for x in it:
             yield x

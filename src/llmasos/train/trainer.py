@@ -283,10 +283,11 @@ class _Progress:
     def __init__(self, enabled: bool, title: str, total: int, start: int) -> None:
         self.enabled = enabled
         if enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True))
             self.task = self.p.add_task(title, total=total, completed=start, info="")
 
     def __enter__(self) -> _Progress:

@@ -1,0 +1,324 @@
+// Weight-only quantized linear layers for CPUs with AVX512-BF16: y = x @ dequant(W).T (+ bias), bf16 x and y,
+// fp32 accumulation, the weight never expanded in memory.
+//
+// Why our own kernels: at batch 1 a decode step is bound by how fast the weights stream from memory, so a
+// weight stored in 8 or 4 bits should run 2x or ~3.5x faster than bf16. torch's CPU ops for this
+// (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu) run at about bf16 speed at 1 row and slower at 4.
+//
+// The trick for both: int8 and int4 values are exact in bf16, so each weight chunk becomes a bf16 vector in
+// registers and the AVX512-BF16 dot product (32 multiply-adds per instruction) does the rest.
+//
+// Formats (shared with the torch fallback in quant_linear.py):
+//   int8: q int8 [N, K], symmetric per output row: w = q * scale[n] (scale fp32 [N]).
+//   int4: q uint8 [N, K/2], asymmetric per group of G inputs: w = q * scale[n, g] + min[n, g] (bf16 [N, K/G]),
+//         q in 0..15. Packed in blocks of 64 inputs: byte t of the 32-byte block at input k holds input k+t in
+//         its low nibble and input k+32+t in its high nibble, so one widening load plus a mask (low) or a
+//         shift and mask (high) gives 32 consecutive inputs.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kRowsM = 4;   // input rows sharing one pass over a weight row
+constexpr int64_t kTileN = 32;  // weight rows per parallel task
+constexpr int kTernAndOr = 0xEA;   // _mm512_ternarylogic: (a & b) | c
+constexpr int kTernAndXor = 0x6A;  // _mm512_ternarylogic: (a & b) ^ c
+
+inline float bf16_to_float(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline void store_row(at::BFloat16* y, float v) { *y = at::BFloat16(v); }  // round to nearest even
+
+// ---------------------------------------------------------------------------------------------------- int8
+// Converting 32 int8 to bf16 through fp32 costs five vector ops; splitting each byte into nibbles costs three
+// cheap integer ops, as in the int4 kernel. With q = 16 h + l (h = q >> 4 in -8..7, l = q & 15):
+//   (l | 0x4300) is the bf16 of 128 + l, and ((q >> 4) & 15) ^ 0x4308 is the bf16 of 136 + h, so
+//   dot(x, q) = dot(16 x, 136 + h) + dot(x, 128 + l) - 2304 sum(x)   (16 x is exact in bf16).
+template <int MC, int NC>
+inline void micro_i8(const uint16_t* x, const uint16_t* x16, const float* xsum, const int8_t* q, const float* scale,
+                     const float* bias, at::BFloat16* y, int64_t K, int64_t N, int64_t m0, int64_t n,
+                     int64_t prefetch_row) {
+  const __m512i mask = _mm512_set1_epi16(0x000F), magic_lo = _mm512_set1_epi16(0x4300),
+                magic_hi = _mm512_set1_epi16(0x4308);
+  __m512 acc[MC][NC];
+  for (int i = 0; i < MC; ++i)
+    for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512bh lo[NC], hi[NC];
+    for (int j = 0; j < NC; ++j) {
+      const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (n + j) * K + k)));
+      lo[j] = (__m512bh)_mm512_ternarylogic_epi32(v, mask, magic_lo, kTernAndOr);
+      hi[j] = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), mask, magic_hi, kTernAndXor);
+    }
+    // With few input rows the loop waits on memory: start fetching the next row group now.
+    if (prefetch_row >= 0 && k % 64 == 0)
+      for (int j = 0; j < NC; ++j) _mm_prefetch(reinterpret_cast<const char*>(q + (prefetch_row + j) * K + k), _MM_HINT_T0);
+    for (int i = 0; i < MC; ++i) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + i) * K + k);
+      const __m512bh xv16 = (__m512bh)_mm512_loadu_si512(x16 + (m0 + i) * K + k);
+      for (int j = 0; j < NC; ++j) {
+        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv16, hi[j]);
+        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, lo[j]);
+      }
+    }
+  }
+  for (int i = 0; i < MC; ++i)
+    for (int j = 0; j < NC; ++j)
+      store_row(y + (m0 + i) * N + n + j,
+                (_mm512_reduce_add_ps(acc[i][j]) - 2304.f * xsum[m0 + i]) * scale[n + j] + (bias ? bias[n + j] : 0.f));
+}
+
+// ---------------------------------------------------------------------------------------------------- int4
+// A nibble OR 0x4300 is the bf16 bit pattern of 128 + q, exactly; so dot(x, 128 + q) comes out of one
+// dpbf16 per 32 inputs and y = sum_g scale_g * dot_g + (min_g - 128 scale_g) * sum_g(x).
+template <int MC, int NC>
+inline void micro_i4(const uint16_t* x, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+                     const float* xsum, const float* bias, at::BFloat16* y, int64_t K, int64_t N, int64_t G,
+                     int64_t m0, int64_t n, int64_t prefetch_row) {
+  const int64_t ng = K / G, kb = K / 2;
+  const __m512i mask = _mm512_set1_epi16(0x000F), magic = _mm512_set1_epi16(0x4300);
+  __m512 acc[MC][NC], part[MC][NC];
+  float corr[MC][NC];
+  for (int i = 0; i < MC; ++i)
+    for (int j = 0; j < NC; ++j) {
+      acc[i][j] = _mm512_setzero_ps();
+      part[i][j] = _mm512_setzero_ps();
+      corr[i][j] = 0.f;
+    }
+  for (int64_t k = 0; k < K; k += 64) {
+    __m512bh wv[2][NC];
+    for (int j = 0; j < NC; ++j) {
+      const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (n + j) * kb + k / 2)));
+      wv[0][j] = (__m512bh)_mm512_ternarylogic_epi32(v, mask, magic, kTernAndOr);
+      wv[1][j] = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), mask, magic, kTernAndOr);
+    }
+    if (prefetch_row >= 0)
+      for (int j = 0; j < NC; ++j) _mm_prefetch(reinterpret_cast<const char*>(q + (prefetch_row + j) * kb + k / 2), _MM_HINT_T0);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t kk = k + 32 * h;
+      for (int i = 0; i < MC; ++i) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + i) * K + kk);
+        for (int j = 0; j < NC; ++j) part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, wv[h][j]);
+      }
+      if (((kk + 32) & (G - 1)) == 0) {  // end of group g: apply its scale and offset
+        const int64_t g = kk / G;
+        for (int j = 0; j < NC; ++j) {
+          const float s = bf16_to_float(scales[(n + j) * ng + g]);
+          const float off = bf16_to_float(mins[(n + j) * ng + g]) - 128.f * s;
+          const __m512 sv = _mm512_set1_ps(s);
+          for (int i = 0; i < MC; ++i) {
+            acc[i][j] = _mm512_fmadd_ps(part[i][j], sv, acc[i][j]);
+            part[i][j] = _mm512_setzero_ps();
+            corr[i][j] += off * xsum[(m0 + i) * ng + g];
+          }
+        }
+      }
+    }
+  }
+  for (int i = 0; i < MC; ++i)
+    for (int j = 0; j < NC; ++j)
+      store_row(y + (m0 + i) * N + n + j,
+                _mm512_reduce_add_ps(acc[i][j]) + corr[i][j] + (bias ? bias[n + j] : 0.f));
+}
+
+// Walk one tile of weight rows [n0, n1): input rows in groups of kRowsM, weight rows NC at a time.
+// `call(mc, n, nc_is_full, prefetch)` runs the micro-kernel; NC is fixed per kernel by the caller.
+template <int NC, typename Micro, typename Micro1>
+inline void walk_tile(int64_t M, int64_t N, int64_t n0, int64_t n1, Micro micro, Micro1 micro1) {
+  for (int64_t m0 = 0; m0 < M; m0 += kRowsM) {
+    const int64_t mc = std::min(kRowsM, M - m0);
+    int64_t n = n0;
+    for (; n + NC <= n1; n += NC) {
+      const int64_t next = (m0 == 0 && n + 2 * NC <= N) ? n + NC : -1;
+      micro(mc, m0, n, next);
+    }
+    for (; n < n1; ++n) micro1(mc, m0, n);
+  }
+}
+
+torch::Tensor optional_bias(const c10::optional<torch::Tensor>& bias, int64_t N) {
+  if (!bias.has_value() || !bias->defined()) return torch::Tensor();
+  TORCH_CHECK(bias->numel() == N, "bias size mismatch");
+  return bias->scalar_type() == at::kFloat && bias->is_contiguous() ? *bias : bias->to(at::kFloat).contiguous();
+}
+
+}  // namespace
+
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kChar, "bf16 x and int8 weight expected");
+  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1) && q.size(1) % 32 == 0, "shape mismatch");
+  x = x.contiguous();
+  q = q.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  auto sc = scale.scalar_type() == at::kFloat && scale.is_contiguous() ? scale : scale.to(at::kFloat).contiguous();
+  auto bc = optional_bias(bias, N);
+  auto y = torch::empty({M, N}, x.options());
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  // 16 x (an exponent bump, exact unless it overflows) and the row sums of x, for the nibble split.
+  std::vector<uint16_t> x16(M * K);
+  std::vector<float> xsum(M, 0.f);
+  for (int64_t i = 0; i < M * K; ++i) {
+    const float v = bf16_to_float(xp[i]);
+    xsum[i / K] += v;
+    x16[i] = at::BFloat16(16.f * v).x;
+  }
+  const uint16_t* x16p = x16.data();
+  const float* xs = xsum.data();
+  const auto* qp = q.data_ptr<int8_t>();
+  const float* sp = sc.data_ptr<float>();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  auto* yp = y.data_ptr<at::BFloat16>();
+  constexpr int NC = 4;
+  auto micro = [&](int64_t mc, int64_t m0, int64_t n, int64_t next) {
+    switch (mc) {
+      case 1: micro_i8<1, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
+      case 2: micro_i8<2, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
+      case 3: micro_i8<3, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
+      default: micro_i8<4, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
+    }
+  };
+  auto micro1 = [&](int64_t mc, int64_t m0, int64_t n) {
+    for (int64_t i = 0; i < mc; ++i) micro_i8<1, 1>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0 + i, n, -1);
+  };
+  const int64_t tiles = (N + kTileN - 1) / kTileN;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) walk_tile<NC>(M, N, t * kTileN, std::min(N, (t + 1) * kTileN), micro, micro1);
+  });
+  return y;
+}
+
+torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
+                          int64_t group_size, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kByte, "bf16 x and uint8 packed weight expected");
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && mins.scalar_type() == at::kBFloat16, "bf16 scales expected");
+  const int64_t G = group_size;
+  TORCH_CHECK(G >= 32 && (G & (G - 1)) == 0, "group size must be a power of two >= 32");
+  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == 2 * q.size(1), "shape mismatch");
+  x = x.contiguous();
+  q = q.contiguous();
+  scales = scales.contiguous();
+  mins = mins.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), ng = K / G;
+  TORCH_CHECK(K % 64 == 0 && K % G == 0 && scales.size(0) == N && scales.size(1) == ng, "shape mismatch");
+  // Group sums of x, for the min/offset term (a plain loop: a torch reduction costs more to call than to run).
+  std::vector<float> xsum(M * ng, 0.f);
+  {
+    const auto* xr = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+    for (int64_t i = 0; i < M * K; ++i) xsum[i / G] += bf16_to_float(xr[i]);
+  }
+  auto bc = optional_bias(bias, N);
+  auto y = torch::empty({M, N}, x.options());
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* qp = q.data_ptr<uint8_t>();
+  const auto* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
+  const auto* mp = reinterpret_cast<const uint16_t*>(mins.data_ptr<at::BFloat16>());
+  const float* xs = xsum.data();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  auto* yp = y.data_ptr<at::BFloat16>();
+  // Two accumulators per (row, column) pair: 4 weight rows at once for 1-2 input rows, 2 for 3-4 (registers).
+  auto micro1 = [&](int64_t mc, int64_t m0, int64_t n) {
+    for (int64_t i = 0; i < mc; ++i) micro_i4<1, 1>(xp, qp, sp, mp, xs, bp, yp, K, N, G, m0 + i, n, -1);
+  };
+  const int64_t tiles = (N + kTileN - 1) / kTileN;
+  if (M <= 2) {
+    auto micro = [&](int64_t mc, int64_t m0, int64_t n, int64_t next) {
+      if (mc == 1) micro_i4<1, 4>(xp, qp, sp, mp, xs, bp, yp, K, N, G, m0, n, next);
+      else micro_i4<2, 4>(xp, qp, sp, mp, xs, bp, yp, K, N, G, m0, n, next);
+    };
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) walk_tile<4>(M, N, t * kTileN, std::min(N, (t + 1) * kTileN), micro, micro1);
+    });
+  } else {
+    auto micro = [&](int64_t mc, int64_t m0, int64_t n, int64_t next) {
+      switch (mc) {
+        case 1: micro_i4<1, 2>(xp, qp, sp, mp, xs, bp, yp, K, N, G, m0, n, next); break;
+        case 2: micro_i4<2, 2>(xp, qp, sp, mp, xs, bp, yp, K, N, G, m0, n, next); break;
+        case 3: micro_i4<3, 2>(xp, qp, sp, mp, xs, bp, yp, K, N, G, m0, n, next); break;
+        default: micro_i4<4, 2>(xp, qp, sp, mp, xs, bp, yp, K, N, G, m0, n, next); break;
+      }
+    };
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) walk_tile<2>(M, N, t * kTileN, std::min(N, (t + 1) * kTileN), micro, micro1);
+    });
+  }
+  return y;
+}
+
+// Whole-weight dequantization to bf16, for prefill: with many input rows oneDNN's bf16 matmul on the
+// expanded weight beats any dot-product kernel, and expanding costs one pass over the weight.
+torch::Tensor int8_dequantize(torch::Tensor q, torch::Tensor scale) {
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.size(1) % 32 == 0, "int8 [N, K] expected");
+  q = q.contiguous();
+  auto sc = scale.to(at::kFloat).contiguous();
+  const int64_t N = q.size(0), K = q.size(1);
+  auto w = torch::empty({N, K}, q.options().dtype(at::kBFloat16));
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = sc.data_ptr<float>();
+  auto* wp = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const __m512 s = _mm512_set1_ps(sp[n]);
+      for (int64_t k = 0; k < K; k += 32) {
+        const int8_t* p = qp + n * K + k;
+        const __m512 lo = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+        const __m512 hi = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))));
+        _mm512_storeu_si512(wp + n * K + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
+    }
+  });
+  return w;
+}
+
+torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tensor mins, int64_t group_size) {
+  TORCH_CHECK(q.scalar_type() == at::kByte && q.dim() == 2, "uint8 [N, K/2] expected");
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && mins.scalar_type() == at::kBFloat16, "bf16 scales expected");
+  q = q.contiguous();
+  auto sc = scales.to(at::kFloat).contiguous();
+  auto mn = mins.to(at::kFloat).contiguous();
+  const int64_t N = q.size(0), K = 2 * q.size(1), G = group_size, ng = K / G;
+  TORCH_CHECK(K % 64 == 0 && K % G == 0 && G >= 32 && (G & (G - 1)) == 0 && sc.size(1) == ng, "shape mismatch");
+  const int shift = __builtin_ctzll(G);  // G is a power of two: no integer division in the loop
+  auto w = torch::empty({N, K}, q.options().dtype(at::kBFloat16));
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const float* sp = sc.data_ptr<float>();
+  const float* mp = mn.data_ptr<float>();
+  auto* wp = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t k = 0; k < K; k += 64) {
+        const __m128i* p = reinterpret_cast<const __m128i*>(qp + n * (K / 2) + k / 2);
+        for (int h = 0; h < 2; ++h) {  // bytes 0-15, then 16-31, of the block
+          const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(p + h));
+          const __m512i lo = _mm512_and_si512(b, _mm512_set1_epi32(0xF));
+          const __m512i hi = _mm512_srli_epi32(b, 4);
+          const int64_t klo = k + 16 * h, khi = k + 32 + 16 * h;  // the inputs these nibbles hold
+          const float* s = sp + n * ng;
+          const float* m = mp + n * ng;
+          const __m512 wlo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_set1_ps(s[klo >> shift]), _mm512_set1_ps(m[klo >> shift]));
+          const __m512 whi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_set1_ps(s[khi >> shift]), _mm512_set1_ps(m[khi >> shift]));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(wp + n * K + klo), (__m256i)_mm512_cvtneps_pbh(wlo));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(wp + n * K + khi), (__m256i)_mm512_cvtneps_pbh(whi));
+        }
+      }
+    }
+  });
+  return w;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("int8_linear", &int8_linear, "y = x @ (q * scale).T + bias (bf16 x, int8 per-row weight)", py::arg("x"),
+        py::arg("q"), py::arg("scale"), py::arg("bias") = py::none());
+  m.def("int4_linear", &int4_linear, "y = x @ (q * scale + min).T + bias (bf16 x, int4 group-wise weight)",
+        py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("mins"), py::arg("group_size"),
+        py::arg("bias") = py::none());
+  m.def("int8_dequantize", &int8_dequantize, "int8 per-row weight -> bf16");
+  m.def("int4_dequantize", &int4_dequantize, "int4 group-wise weight -> bf16");
+}

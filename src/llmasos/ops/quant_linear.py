@@ -1,0 +1,223 @@
+"""Weight-only quantized linear layers, executed on the packed weights (`QuantLinear`).
+
+Two formats (see `csrc/quant_kernels.cpp` for the memory layout):
+
+- int8: symmetric, one fp32 scale per output row: `w = q * scale[n]`, q in -127..127;
+- int4: asymmetric, one bf16 scale and one bf16 minimum per group of `group_size` inputs of a row:
+  `w = q * scale[n, g] + min[n, g]`, q in 0..15, two values per byte.
+
+On CPUs with AVX512-BF16, bf16 inputs of up to `MAX_ROWS` rows (6 for int8, 16 for int4: decode steps) go
+to our kernels, which expand the weight chunk by chunk in registers: a step reads 1/2 or ~1/4 of the bf16 bytes. Larger inputs
+(prefill) expand the whole weight to bf16 once per call with a vectorised kernel and use oneDNN's matmul,
+which wins there. Everything else (other dtypes, CUDA, autograd, LLMASOS_NATIVE_KERNELS=0, a failed build)
+takes the pure-torch path: dequantize, then `F.linear`. Both paths compute the same function.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmasos.ops.cpu_kernels import _cpu_has_avx512_bf16
+
+log = logging.getLogger(__name__)
+
+BITS = (8, 4)
+GROUP_SIZES = (32, 64, 128)
+# Up to this many rows our kernels beat expanding the weight + oneDNN (`benchmarks/bench_quant.py --kernels`).
+MAX_ROWS = {8: 6, 4: 16}
+INT4_BLOCK = 64  # inputs per packed int4 block: in_features must be a multiple of it
+
+
+@cache
+def quant_kernels():  # noqa: ANN201 - the compiled extension module or None
+    if os.environ.get("LLMASOS_NATIVE_KERNELS", "1") == "0" or not _cpu_has_avx512_bf16():
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        src = Path(__file__).with_name("csrc") / "quant_kernels.cpp"
+        return load(
+            name="llmasos_quant_kernels",
+            sources=[str(src)],
+            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, odd toolchain: the torch path is always there
+        log.warning("native quantized kernels unavailable, using the torch fallback: %s", exc)
+        return None
+
+
+# -- formats ---------------------------------------------------------------------------------------------
+def check_format(in_features: int, bits: int, group_size: int) -> None:
+    """Raise ValueError unless a `[*, in_features]` weight can be stored with these settings."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits}")
+    if bits == 8:
+        if in_features % 32:
+            raise ValueError(f"int8 needs in_features divisible by 32, got {in_features}")
+        return
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
+    if in_features % group_size or in_features % INT4_BLOCK:
+        raise ValueError(f"int4 needs in_features divisible by the group size ({group_size}) and by "
+                         f"{INT4_BLOCK}, got {in_features}")
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[N, K]` float weight -> (q int8 `[N, K]`, scale fp32 `[N]`), symmetric per row."""
+    w = w.float()
+    scale = w.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero rows: any scale is exact
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+# Fractions of the full [min, max] range tried per group; the one with the least squared error wins.
+# Clipping a few outliers shrinks the step for every other weight of the group.
+_INT4_CLIP_GRID = (1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`[N, K]` float weight -> (packed uint8 `[N, K/2]`, scales bf16 `[N, K/G]`, mins bf16 `[N, K/G]`)."""
+    n, k = w.shape
+    check_format(k, 4, group_size)
+    wg = w.float().reshape(n, k // group_size, group_size)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    mid = (lo + hi) / 2
+    best_err = best_q = best_scale = best_min = None
+    for frac in _INT4_CLIP_GRID:
+        scale, mn = _int4_grid(mid + (lo - mid) * frac, mid + (hi - mid) * frac)
+        q = torch.round((wg - mn[..., None]) / scale[..., None]).clamp_(0, 15)
+        err = ((q * scale[..., None] + mn[..., None] - wg) ** 2).sum(-1)
+        if best_err is None:
+            best_err, best_q, best_scale, best_min = err, q, scale, mn
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_q = torch.where(better[..., None], q, best_q)
+        best_scale = torch.where(better, scale, best_scale)
+        best_min = torch.where(better, mn, best_min)
+    q, scale, mn = best_q, best_scale, best_min
+    return pack_int4(q.reshape(n, k).to(torch.uint8)), scale.to(torch.bfloat16), mn.to(torch.bfloat16)
+
+
+def _int4_grid(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Round scale and minimum to their stored dtype first, so the codes are chosen for the grid actually used.
+    scale = ((hi - lo) / 15).to(torch.bfloat16).float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, lo.to(torch.bfloat16).float()
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes `[N, K]` (0..15) -> `[N, K/2]`: per 64-input block, byte t = input t | input 32+t << 4."""
+    n, k = q.shape
+    blocks = q.reshape(n, k // INT4_BLOCK, 2, INT4_BLOCK // 2)
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    n, half = packed.shape
+    blocks = packed.reshape(n, half // (INT4_BLOCK // 2), INT4_BLOCK // 2)
+    return torch.stack([blocks & 0xF, blocks >> 4], dim=2).reshape(n, 2 * half)
+
+
+def dequantize(layer: QuantLinear, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The layer's effective weight `[N, K]`, in pure torch (any device)."""
+    if layer.bits == 8:
+        w = layer.qweight.float() * layer.scales.float()[:, None]
+    else:
+        n, k = layer.out_features, layer.in_features
+        q = unpack_int4(layer.qweight).float().reshape(n, k // layer.group_size, layer.group_size)
+        w = (q * layer.scales.float()[..., None] + layer.mins.float()[..., None]).reshape(n, k)
+    return w.to(dtype)
+
+
+# -- the module ------------------------------------------------------------------------------------------
+class QuantLinear(nn.Module):
+    """A linear layer whose weight is stored, and multiplied, in int8 or int4.
+
+    Buffers (the names in a saved model): `qweight`, `scales`, `mins` (int4 only) and `bias` (if any, in the
+    model's dtype). The packed buffers keep their dtypes when the model is moved with `.to(dtype)`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 8, group_size: int = 128,
+                 bias: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        check_format(in_features, bits, group_size)
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size = bits, (group_size if bits == 4 else in_features)
+        if bits == 8:
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+            self.register_buffer("scales", torch.ones(out_features, dtype=torch.float32, device=device))
+            self.mins = None
+        else:
+            ng = in_features // group_size
+            self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8,
+                                                        device=device))
+            self.register_buffer("scales", torch.ones(out_features, ng, dtype=torch.bfloat16, device=device))
+            self.register_buffer("mins", torch.zeros(out_features, ng, dtype=torch.bfloat16, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int = 128) -> QuantLinear:
+        w = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None,
+                    device=w.device, dtype=w.dtype)
+        if bits == 8:
+            layer.qweight, layer.scales = quantize_int8(w)
+        else:
+            layer.qweight, layer.scales, layer.mins = quantize_int4(w, group_size)
+        if linear.bias is not None:
+            layer.bias.data.copy_(linear.bias.detach())
+        return layer
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        # `.to(dtype)` converts every float tensor; the packed format's scales must stay as they are.
+        keep = {name: buf.dtype for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, dtype in keep.items():
+            if self._buffers[name].dtype != dtype:
+                self._buffers[name] = self._buffers[name].to(dtype)
+        return self
+
+    def forward(self, x: torch.Tensor, native: bool | None = None) -> torch.Tensor:
+        """`native=False` forces the torch path (tests); None picks the fastest available."""
+        return quant_linear(x, self, native)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}, " \
+               f"bias={self.bias is not None}"
+
+
+def quant_linear(x: torch.Tensor, layer: QuantLinear, native: bool | None = None) -> torch.Tensor:
+    ext = quant_kernels() if native is not False else None
+    if (
+        ext is not None
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    ):
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] <= MAX_ROWS[layer.bits]:
+            if layer.bits == 8:
+                out = ext.int8_linear(x2, layer.qweight, layer.scales, layer.bias)
+            else:
+                out = ext.int4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group_size, layer.bias)
+            return out.view(*x.shape[:-1], layer.out_features)
+        if layer.bits == 8:
+            w = ext.int8_dequantize(layer.qweight, layer.scales)
+        else:
+            w = ext.int4_dequantize(layer.qweight, layer.scales, layer.mins, layer.group_size)
+        return F.linear(x, w, layer.bias)
+    return F.linear(x, dequantize(layer, x.dtype), layer.bias)
