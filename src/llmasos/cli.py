@@ -23,6 +23,7 @@ from llmasos.train.cli import train_app
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLMasOS: an operating system for LLM applications. The LLM is the CPU.")
 err = Console(stderr=True)
+ADAPTER_NAME = "cli"  # the one adapter a --adapter run serves
 app.add_typer(train_app, name="train")
 app.add_typer(adapt_app, name="adapt")
 app.add_typer(compress_app, name="compress")
@@ -43,6 +44,7 @@ PresOpt = Annotated[float, typer.Option("--presence-penalty")]
 NgramOpt = Annotated[int, typer.Option("--no-repeat-ngram-size")]
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable)")]
 SeedOpt = Annotated[int | None, typer.Option(help="Per-request seed for reproducible sampling")]
+AdapterOpt = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory (llmasos adapt) served on the base")]
 
 
 def _params(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, repetition_penalty: float,
@@ -57,10 +59,13 @@ def _params(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p
         raise typer.BadParameter(str(exc)) from exc
 
 
-def _engine(model: str | None, dtype: str, threads: int | None) -> LLMEngine:
+def _engine(model: str | None, dtype: str, threads: int | None, adapter: Path | None = None) -> LLMEngine:
     try:
         with err.status(f"loading {model or 'the built-in model'}..."):
-            return build_engine(EngineConfig(model=model, dtype=dtype, num_threads=threads))
+            engine = build_engine(EngineConfig(model=model, dtype=dtype, num_threads=threads))
+            if adapter is not None:
+                engine.load_adapter(ADAPTER_NAME, adapter)
+            return engine
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -70,7 +75,8 @@ def _stream(engine: LLMEngine, prompt: str | list[int], params: SamplingParams, 
             templated: bool = False):
     """Run one request, printing text deltas as they arrive; returns the final RequestOutput."""
     out = out or sys.stdout
-    rid = engine.add_request(prompt, params, add_special_tokens=not templated)
+    adapter = ADAPTER_NAME if engine.adapters is not None and ADAPTER_NAME in engine.adapters else None
+    rid = engine.add_request(prompt, params, add_special_tokens=not templated, adapter=adapter)
     final = None
     while final is None:
         for o in engine.step():
@@ -99,6 +105,7 @@ def generate(
     choice: Annotated[list[str] | None, typer.Option(help="Constrain output to one of these (repeatable)")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
+    adapter: AdapterOpt = None,
 ) -> None:
     """Generate a completion for one prompt, streaming it to the terminal."""
     if prompt == "-":
@@ -114,7 +121,7 @@ def generate(
     params = _params(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
                      presence_penalty, no_repeat_ngram_size, stop, seed, n=n, logprobs=logprobs,
                      ignore_eos=ignore_eos, structured=structured)
-    engine = _engine(model, dtype, threads)
+    engine = _engine(model, dtype, threads, adapter)
     try:
         text = apply_chat_template(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
         if as_json:
@@ -146,11 +153,12 @@ def chat(
     max_tokens: MaxTokOpt = 256, temperature: TempOpt = 0.7, top_k: TopKOpt = 0, top_p: TopPOpt = 0.95,
     min_p: MinPOpt = 0.0, repetition_penalty: RepOpt = 1.1, frequency_penalty: FreqOpt = 0.0,
     presence_penalty: PresOpt = 0.0, no_repeat_ngram_size: NgramOpt = 0, stop: StopOpt = None, seed: SeedOpt = None,
+    adapter: AdapterOpt = None,
 ) -> None:
     """Chat with the model in the terminal, replies streamed token by token. /reset clears, /exit quits."""
     params = _params(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
                      presence_penalty, no_repeat_ngram_size, stop, seed)
-    engine = _engine(model, dtype, threads)
+    engine = _engine(model, dtype, threads, adapter)
     if not getattr(engine.tokenizer, "chat_template", None):
         err.print("[red]error:[/red] this model has no chat template; use `llmasos generate`")
         raise typer.Exit(2)
@@ -160,6 +168,7 @@ def chat(
                   "trained default ships: replies are noise. Use --model DIR_OR_HUB_NAME for a real model.")
     err.print("[dim]/reset clears the conversation, /exit or Ctrl-D quits[/dim]")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    virtual = engine.adapters.num_virtual_tokens(ADAPTER_NAME) if adapter is not None else 0  # prompt/prefix slots
     while True:
         try:
             line = input("you> " if interactive else "")
@@ -177,7 +186,7 @@ def chat(
         history.append({"role": "user", "content": line})
         prompt = apply_chat_template(engine.tokenizer, history)
         # Keep the conversation inside the context window: drop the oldest turns first.
-        while len(engine.encode(prompt, add_special_tokens=False)) + 1 >= engine.max_model_len and len(history) > (2 if system else 1):
+        while len(engine.encode(prompt, add_special_tokens=False)) + 1 + virtual >= engine.max_model_len and len(history) > (2 if system else 1):
             del history[1 if system else 0]
             prompt = apply_chat_template(engine.tokenizer, history)
         sys.stdout.write("assistant> ")

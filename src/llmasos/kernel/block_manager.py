@@ -26,7 +26,7 @@ class OutOfBlocksError(RuntimeError):
     pass
 
 
-def block_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
+def block_hash(parent: int | str | None, tokens: tuple[int, ...]) -> int:
     return hash((parent, tokens))
 
 
@@ -82,7 +82,8 @@ class BlockManager:
         bs = self.block_size
         # Keep at least one token to compute: its logits start the generation.
         max_blocks = (len(seq.token_ids) - 1) // bs
-        parent = None
+        # The chain starts from the adapter's name: the same tokens under another adapter have other K/V.
+        parent: int | str | None = seq.adapter
         for i in range(max_blocks):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             h = block_hash(parent, tokens)
@@ -124,7 +125,7 @@ class BlockManager:
             return
         bs = self.block_size
         first, last = old_computed // bs, seq.num_computed_tokens // bs
-        parent = self.blocks[seq.block_table[first - 1]].hash if first else None
+        parent = self.blocks[seq.block_table[first - 1]].hash if first else seq.adapter
         for i in range(first, last):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,6 +85,20 @@ class LLMEngine:
         self.stats = EngineStats()
         self._seq_ids = itertools.count()
         self._req_ids = itertools.count()
+        self.adapters: Any = None  # adapters.serving.AdapterManager, made by the first load_adapter
+
+    # -- adapters --------------------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | Path) -> str:
+        """Load a LoRA / prompt / prefix tuning adapter directory; requests pick it with `adapter=name`.
+
+        Returns its kind. ValueError if it does not fit this base model or the name is taken.
+        """
+        if self.adapters is None:
+            from llmasos.adapters.serving import AdapterManager
+
+            self.adapters = AdapterManager(self.model)
+            self.runner.adapters = self.adapters
+        return self.adapters.load(name, path)
 
     # -- requests --------------------------------------------------------------------------------------
     def encode(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
@@ -102,8 +117,11 @@ class LLMEngine:
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                     request_id: str | None = None, app_id: str = "default", priority: int = 0,
                     weight: float = 1.0, arrival_time: float | None = None,
-                    add_special_tokens: bool = True) -> str:
-        """Validate and queue one request. Raises ValueError on bad input; nothing is queued then."""
+                    add_special_tokens: bool = True, adapter: str | None = None) -> str:
+        """Validate and queue one request. Raises ValueError on bad input; nothing is queued then.
+
+        `adapter` names an adapter loaded with `load_adapter` (None: the base model).
+        """
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -121,6 +139,16 @@ class LLMEngine:
             raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         if not ids:
             raise ValueError("prompt is empty (no tokens)")
+        virtual: list[int] = []
+        if adapter is not None:
+            if self.adapters is None or adapter not in self.adapters:
+                loaded = self.adapters.names if self.adapters is not None else []
+                raise ValueError(f"unknown adapter {adapter!r}; loaded: {loaded}")
+            from llmasos.adapters.serving import PLACEHOLDER_TOKEN
+
+            # Prompt / prefix tuning: slots in front whose embeddings or K/V the adapter replaces.
+            virtual = [PLACEHOLDER_TOKEN] * self.adapters.num_virtual_tokens(adapter)
+        prompt_ids, ids = ids, virtual + ids
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt has {len(ids)} tokens but the context window is {self.max_model_len}: no room to generate"
@@ -139,17 +167,18 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         arrival = time.monotonic() if arrival_time is None else arrival_time
-        seq = self._new_seq(request_id, 0, list(ids), len(ids), params, app_id, priority, weight, arrival)
+        seq = self._new_seq(request_id, 0, list(ids), len(ids), params, app_id, priority, weight, arrival, adapter)
         self.requests[request_id] = RequestState(
-            request_id, text, list(ids), params, [seq], RequestMetrics(arrival),
+            request_id, text, list(prompt_ids), params, [seq], RequestMetrics(arrival),
             max_stop_len=max((len(s) for s in params.stop), default=0),
         )
         self.scheduler.add(seq)
         return request_id
 
-    def _new_seq(self, request_id, index, token_ids, num_prompt, params, app_id, priority, weight, arrival) -> Sequence:  # noqa: ANN001
+    def _new_seq(self, request_id, index, token_ids, num_prompt, params, app_id, priority, weight, arrival,  # noqa: ANN001
+                 adapter=None) -> Sequence:
         seq = Sequence(next(self._seq_ids), request_id, index, token_ids, num_prompt, params, app_id, priority,
-                       float(weight), arrival)
+                       float(weight), arrival, adapter=adapter)
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed + index)
         if params.structured is not None:
@@ -229,7 +258,8 @@ class LLMEngine:
                 state.forked = True
                 for k in range(1, state.params.n):
                     child = self._new_seq(seq.request_id, k, list(seq.token_ids), seq.num_prompt_tokens,
-                                          seq.params, seq.app_id, seq.priority, seq.weight, seq.arrival_time)
+                                          seq.params, seq.app_id, seq.priority, seq.weight, seq.arrival_time,
+                                          seq.adapter)
                     self.block_manager.fork(seq, child)
                     self.scheduler.add_running(child)
                     state.seqs.append(child)

@@ -46,6 +46,10 @@ class LLM:
     def __init__(self, model: str | Path | None = None, **kwargs: Any) -> None:
         self.engine = build_engine(EngineConfig(model=str(model) if model is not None else None, **kwargs))
 
+    def load_adapter(self, name: str, path: str | Path) -> str:
+        """Load an adapter directory (LoRA, prompt or prefix tuning) to serve per request as `adapter=name`."""
+        return self.engine.load_adapter(name, path)
+
     @property
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
@@ -53,7 +57,7 @@ class LLM:
     def generate(self, prompts: str | list[int] | Seq[str] | Seq[list[int]],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
                  app_id: str = "default", priority: int = 0, weight: float = 1.0,
-                 add_special_tokens: bool = True) -> list[RequestOutput]:
+                 add_special_tokens: bool = True, adapter: str | None = None) -> list[RequestOutput]:
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = list(prompts)
@@ -67,7 +71,7 @@ class LLM:
         try:
             for prompt, p in zip(prompts, params, strict=True):
                 ids.append(self.engine.add_request(prompt, p, app_id=app_id, priority=priority, weight=weight,
-                                                   add_special_tokens=add_special_tokens))
+                                                   add_special_tokens=add_special_tokens, adapter=adapter))
         except ValueError as exc:
             for rid in ids:  # all or nothing: a bad prompt leaves no half-submitted batch behind
                 self.engine.abort_request(rid)

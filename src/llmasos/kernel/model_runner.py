@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -33,6 +34,7 @@ class ModelRunner:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.block_size = block_size
+        self.adapters: Any = None  # an adapters.serving.AdapterManager once the engine loads an adapter
         shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
             (torch.zeros(shape, dtype=self.dtype, device=self.device),
@@ -89,13 +91,38 @@ class ModelRunner:
                 sample_rows.append(len(ids) - 1)
                 to_sample.append(seq)
         meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        hidden = self.model.forward_paged(
-            torch.tensor(ids, dtype=torch.long, device=dev),
-            torch.tensor(pos, dtype=torch.long, device=dev),
-            meta,
-            self.kv_caches,
-        )
+        if self.adapters is not None:
+            self.adapters.begin_step(_adapter_rows(step))
+        try:
+            hidden = self.model.forward_paged(
+                torch.tensor(ids, dtype=torch.long, device=dev),
+                torch.tensor(pos, dtype=torch.long, device=dev),
+                meta,
+                self.kv_caches,
+            )
+        finally:
+            if self.adapters is not None:
+                self.adapters.end_step()
         if not sample_rows:
             return None, []
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)])
         return logits, to_sample
+
+
+def _adapter_rows(step: SchedulerOutput) -> dict[str, tuple[list[int], list[int]]]:
+    """Adapter -> (rows of the flattened step, their positions), in the order `execute` lays the rows out."""
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    row = 0
+    for seq in step.decodes:
+        if seq.adapter is not None:
+            rows, pos = out.setdefault(seq.adapter, ([], []))
+            rows.append(row)
+            pos.append(seq.num_computed_tokens)
+        row += 1
+    for seq, n in step.prefills:
+        if seq.adapter is not None:
+            rows, pos = out.setdefault(seq.adapter, ([], []))
+            rows += range(row, row + n)
+            pos += range(seq.num_computed_tokens, seq.num_computed_tokens + n)
+        row += n
+    return out

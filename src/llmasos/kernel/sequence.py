@@ -47,6 +47,7 @@ class Sequence:
     read_offset: int = 0
     emitted_text_len: int = 0  # text already streamed to the caller
     emitted_tokens: int = 0
+    adapter: str | None = None  # adapter served to this sequence (None: the base model)
 
     @property
     def num_output_tokens(self) -> int:

@@ -54,14 +54,13 @@ class ModelConfig:
 
     @property
     def num_params(self) -> int:
-        """Parameter count of the model this config builds (embeddings included, tied counted once)."""
-        h, i, q, kv = self.hidden_size, self.intermediate_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        attn = h * (q + 2 * kv) + q * h
-        mlp = h * i * (3 if self.gated_mlp else 2)
-        norms = 2 * h * (2 if self.norm == "layer" else 1)
-        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        pos = self.max_position * h if self.learned_positions else 0
-        return self.num_layers * (attn + mlp + norms) + emb + pos + h
+        """Exact parameter count of the model this config builds (tied embeddings counted once)."""
+        import torch
+
+        from llmasos.models.decoder import DecoderLM
+
+        with torch.device("meta"):  # shapes only: no memory, no init
+            return sum(p.numel() for p in DecoderLM(self).parameters())
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:

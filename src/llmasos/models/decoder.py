@@ -7,6 +7,8 @@ Two calling modes share one set of weights:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,9 +19,12 @@ from llmasos.models.layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, mak
 from llmasos.ops import Linear
 
 RopeTables = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) looked up for this forward's positions
+KVHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Attention(nn.Module):
+    kv_hook: KVHook | None = None  # set by the kernel's adapter manager (prefix tuning) to edit a step's K/V
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -58,6 +63,8 @@ class Attention(nn.Module):
         self, x: torch.Tensor, rope: RopeTables, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         q, k, v = self._qkv(x, rope)  # [T, heads, D]
+        if self.kv_hook is not None:
+            k, v = self.kv_hook(k, v)
         write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
         o = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
         return self.o_proj(o.flatten(-2))
@@ -81,6 +88,9 @@ class Block(nn.Module):
 
 
 class DecoderLM(nn.Module):
+    # Set by the kernel's adapter manager (prompt tuning) to replace some rows' input embeddings in a step.
+    embed_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -121,6 +131,8 @@ class DecoderLM(nn.Module):
     ) -> torch.Tensor:
         """Flattened-step forward over the paged cache: `[T]` ids -> final hidden states `[T, H]`."""
         x, rope = self.embed(input_ids, positions)
+        if self.embed_hook is not None:
+            x = self.embed_hook(x)
         for layer, kv in zip(self.layers, kv_caches, strict=True):
             x = layer.forward_paged(x, rope, meta, kv)
         return self.norm(x)
