@@ -71,7 +71,7 @@ SAMPLE_PROMPTS = [
 
 
 def synset_text(s: Synset) -> str:
-    text = f"{s.words[0]} ({s.pos}): {s.definition}."
+    text = f"The word {s.words[0]} ({s.pos}) means {s.definition}."  # the same form as the chat answers
     if len(s.words) > 1:
         text += " Also: " + ", ".join(s.words[1:]) + "."
     if s.hypernym:
@@ -86,7 +86,7 @@ def build_corpus(recipe: BuiltinRecipe, out: Path, wordnet_dir: str | None = Non
     synsets = read_wordnet(find_wordnet(wordnet_dir))
     rng = random.Random(recipe.seed)
     convs = synthetic_conversations(recipe.synthetic_conversations, synsets, recipe.seed)
-    convs += [turns_to_messages(t) for t in chatterbot_conversations()] * 3  # small, so seen a few times
+    convs += [turns_to_messages(t) for t in chatterbot_conversations()] * 5  # small, so seen a few times
     rng.shuffle(convs)
     texts = [synset_text(s) for s in synsets] + list(python_topics())
     rng.shuffle(texts)
@@ -208,7 +208,7 @@ def package_model(src: Path, final: Path, work: Path, recipe: BuiltinRecipe, sec
     bf16, _ = load_model(final, dtype="bfloat16")
     ppl = perplexity(bf16, windows).corpus_ppl
     llm = LLM(str(final), dtype="bfloat16")
-    outs = llm.chat(SAMPLE_PROMPTS, SamplingParams(max_tokens=80, temperature=0.0))
+    outs = llm.chat(SAMPLE_PROMPTS, SamplingParams(max_tokens=80, temperature=0.0, repetition_penalty=1.1))
     samples = [(msgs, o.text) for msgs, o in zip(SAMPLE_PROMPTS, outs, strict=True)]
     stats = {
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -266,7 +266,7 @@ def model_card(recipe: BuiltinRecipe, stats: dict, samples: list) -> str:
         f"- Whole rebuild: {stats['build_seconds'] / 60:.0f} min on a 2-core CPU. Command: "
         "`llmasos train recipe builtin --out runs/builtin` (needs `apt-get install wordnet-base`).",
         "",
-        "## Sample outputs (greedy)",
+        "## Sample outputs (greedy, repetition penalty 1.1 as in `llmasos chat`)",
     ]
     for msgs, text in samples:
         prompt = " / ".join(f"{m['role']}: {m['content']}" for m in msgs)

@@ -135,7 +135,8 @@ def define(rng: random.Random, synsets: list[Synset]) -> Conversation:
     if task < 0.6 or (task < 0.8 and len(s.words) < 2) or (task >= 0.8 and not s.examples):
         q = rng.choice([f"What does {w} mean?", f"Define {w}.", f'What is the meaning of "{w}"?',
                         f"What is {'a ' if s.pos == 'noun' else ''}{w}?"])
-        a = f"{w.capitalize()} ({s.pos}) means {s.definition}."
+        # "The word <w>" keeps <w> as the same token sequence as in the question: easy to copy.
+        a = f"The word {w} ({s.pos}) means {s.definition}."
         if s.hypernym:
             a += f" It is a kind of {s.hypernym}."
         if s.examples:
@@ -151,7 +152,7 @@ def define(rng: random.Random, synsets: list[Synset]) -> Conversation:
 
 
 GENERATORS: dict[str, tuple[Callable[[random.Random, list[Synset]], Conversation], float]] = {
-    "identity": (identity, 0.02),
+    "identity": (identity, 0.005),
     "customer_service": (customer_service, 0.14),
     "recommendation": (recommendation, 0.12),
     "writing": (writing, 0.12),
