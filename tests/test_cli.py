@@ -56,6 +56,6 @@ def test_chat_streams_replies_and_handles_commands(llama_dir):
 
 
 def test_chat_uses_the_built_in_model_when_none_is_named(tmp_path):
-    r = run_cli("chat", "--max-tokens", "8", "--temperature", "0", stdin="Who are you?\n", env_home=tmp_path)
+    r = run_cli("chat", "--max-tokens", "16", "--temperature", "0", stdin="Who are you?\n", env_home=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "assistant> " in r.stdout and "LLMasOS" in r.stdout

@@ -164,8 +164,8 @@ def chat(
         raise typer.Exit(2)
     interactive = sys.stdin.isatty()
     if model is None:
-        err.print("[yellow]note:[/yellow] the built-in model is a small random-weight placeholder until the "
-                  "trained default ships: replies are noise. Use --model DIR_OR_HUB_NAME for a real model.")
+        err.print("[dim]built-in model: a 9M-parameter model that defines words and handles simple support, "
+                  "recommendation and writing requests; --model DIR_OR_HUB_NAME runs any Hugging Face model[/dim]")
     err.print("[dim]/reset clears the conversation, /exit or Ctrl-D quits[/dim]")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     virtual = engine.adapters.num_virtual_tokens(ADAPTER_NAME) if adapter is not None else 0  # prompt/prefix slots
