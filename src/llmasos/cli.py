@@ -164,7 +164,7 @@ def chat(
         raise typer.Exit(2)
     interactive = sys.stdin.isatty()
     if model is None:
-        err.print("[dim]built-in model: a 9M-parameter model that defines words and handles simple support, "
+        err.print("[dim]built-in model: an 8.4M-parameter model that defines words and handles simple support, "
                   "recommendation and writing requests; --model DIR_OR_HUB_NAME runs any Hugging Face model[/dim]")
     err.print("[dim]/reset clears the conversation, /exit or Ctrl-D quits[/dim]")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []

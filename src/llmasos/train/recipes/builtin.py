@@ -105,8 +105,8 @@ def _done(stage_dir: Path) -> bool:
     return (stage_dir / ".done").is_file()
 
 
-def _mark(stage_dir: Path, info: dict) -> None:
-    (stage_dir / ".done").write_text(json.dumps(info, indent=2))
+def _mark(stage_dir: Path, info: dict, started: float) -> None:
+    (stage_dir / ".done").write_text(json.dumps({**info, "stage_seconds": round(time.time() - started)}, indent=2))
 
 
 def run_builtin(work_dir: str | Path, recipe: BuiltinRecipe | None = None, wordnet_dir: str | None = None,
@@ -125,23 +125,25 @@ def run_builtin(work_dir: str | Path, recipe: BuiltinRecipe | None = None, wordn
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-    t_start = time.time()
     corpus, tok_dir, data_dir = work / "corpus", work / "tokenizer", work / "data"
 
     if not _done(corpus):
         console.print("[bold]1/6[/bold] building the corpus (WordNet, chatterbot-corpus, Python topics, synthetic)")
-        _mark(corpus, build_corpus(recipe, corpus, wordnet_dir))
+        t0 = time.time()
+        _mark(corpus, build_corpus(recipe, corpus, wordnet_dir), t0)
     if not _done(tok_dir):
         console.print("[bold]2/6[/bold] training the tokenizer")
+        t0 = time.time()
         convs = read_chat_jsonl(corpus / "chat.jsonl")
         # The tokenizer sees dialogue text too, so chat turns tokenize as compactly as definitions.
         chat_texts = ["\n".join(m["content"] for m in c) for c in convs]
         texts = list(read_texts(corpus / "pretrain.jsonl")) + chat_texts
         train_tokenizer(texts, recipe.vocab_size, tok_dir, show_progress=progress)
-        _mark(tok_dir, {"vocab_size": recipe.vocab_size})
+        _mark(tok_dir, {"vocab_size": recipe.vocab_size}, t0)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     if not _done(data_dir):
         console.print("[bold]3/6[/bold] tokenizing the pre-training data")
+        t0 = time.time()
         convs = read_chat_jsonl(corpus / "chat.jsonl")
         # Pre-training mixes rendered conversations in, so the chat format is familiar before fine-tuning.
         rendered = (tokenizer.apply_chat_template(c, tokenize=False) for c in convs)
@@ -149,11 +151,12 @@ def run_builtin(work_dir: str | Path, recipe: BuiltinRecipe | None = None, wordn
         random.Random(recipe.seed).shuffle(texts)
         meta = prepare_dataset(texts, tokenizer, data_dir, val_fraction=0.01, seed=recipe.seed,
                                tokenizer_path=str(tok_dir.resolve()), progress=progress)
-        _mark(data_dir, asdict(meta))
+        _mark(data_dir, asdict(meta), t0)
 
     pre_dir = work / "pretrain"
     if not _done(pre_dir):
         console.print("[bold]4/6[/bold] pre-training")
+        t0 = time.time()
         spec = PretrainSpec(
             model=dict(family="llama", hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
                        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads,
@@ -167,28 +170,30 @@ def run_builtin(work_dir: str | Path, recipe: BuiltinRecipe | None = None, wordn
                               ckpt_interval=max(1, recipe.pretrain_steps // 24), log_interval=10,
                               seed=recipe.seed, num_threads=num_threads))
         r = pretrain(spec, resume=True, progress=progress)
-        _mark(pre_dir, asdict(r))
+        _mark(pre_dir, asdict(r), t0)
 
     sft_dir = work / "sft"
     if not _done(sft_dir):
         console.print("[bold]5/6[/bold] chat fine-tuning")
+        t0 = time.time()
         convs = read_chat_jsonl(corpus / "chat.jsonl")
         cfg = TrainConfig(out_dir=str(sft_dir), max_steps=recipe.sft_steps, batch_size=recipe.sft_batch, seq_len=384,
                           lr=recipe.sft_lr, schedule="cosine", warmup_steps=max(1, recipe.sft_steps // 20),
                           eval_interval=max(1, recipe.sft_steps // 6), eval_batches=16,
                           ckpt_interval=max(1, recipe.sft_steps // 6), seed=recipe.seed, num_threads=num_threads)
         r = sft(pre_dir / "model", convs, cfg, resume=True, progress=progress)
-        _mark(sft_dir, asdict(r))
+        _mark(sft_dir, asdict(r), t0)
 
     final = work / "final"
     console.print("[bold]6/6[/bold] evaluating and packaging")
-    package_model(sft_dir / "model", final, work, recipe, time.time() - t_start)
+    package_model(sft_dir / "model", final, work, recipe)
     console.print(f"built-in model written to {final}")
     return final
 
 
-def package_model(src: Path, final: Path, work: Path, recipe: BuiltinRecipe, seconds: float) -> None:
+def package_model(src: Path, final: Path, work: Path, recipe: BuiltinRecipe) -> None:
     """bf16 weights, tokenizer, and a model card with measured figures and sample outputs."""
+    started = time.time()
     from llmasos.eval.perplexity import perplexity
     from llmasos.kernel.llm import LLM
     from llmasos.kernel.sampling_params import SamplingParams
@@ -220,8 +225,12 @@ def package_model(src: Path, final: Path, work: Path, recipe: BuiltinRecipe, sec
         "pretrain": json.loads((work / "pretrain" / ".done").read_text()),
         "sft": json.loads((work / "sft" / ".done").read_text()),
         "corpus": json.loads((work / "corpus" / ".done").read_text()),
-        "build_seconds": round(seconds),
     }
+    # Wall time of every stage as it ran (a stage's own marker; older markers may lack it).
+    markers = {s: json.loads((work / s / ".done").read_text()) for s in ["corpus", "tokenizer", "data", "pretrain", "sft"]}
+    stages = {s: m.get("stage_seconds", m.get("seconds")) for s, m in markers.items()}
+    stages["package"] = round(time.time() - started)
+    stats["stage_seconds"] = stages
     (final / "build_stats.json").write_text(json.dumps(stats, indent=2))
     (final / "README.md").write_text(model_card(recipe, stats, samples))
     for png in ["pretrain/loss.png", "sft/loss.png"]:
@@ -279,12 +288,14 @@ def model_card(recipe: BuiltinRecipe, stats: dict, samples: list) -> str:
         f"- Chat fine-tuning: {s['steps']} steps x {recipe.sft_batch} conversations, loss on assistant tokens "
         f"only, lr {recipe.sft_lr} cosine, {s['seconds'] / 60:.0f} min. Validation loss {s['val_loss']:.3f} "
         f"(perplexity {s['val_ppl']:.2f} on assistant tokens).",
-        f"- Perplexity of the shipped bf16 weights on the held-out pre-training split: "
+        f"- Perplexity of the shipped bf16 weights on the held-out pre-training split (256-token windows): "
         f"{stats['val_ppl_pretrain_data']}.",
         "- Exact-match rate of greedy replies on 50 fresh synthetic conversations per app skill (a seed not used "
         "in training): " + ", ".join(f"{k} {v:.0%}" for k, v in stats["task_exact_match"].items()) + ".",
-        f"- Whole rebuild: {stats['build_seconds'] / 60:.0f} min on a 2-core CPU. Command: "
-        "`llmasos train recipe builtin --out runs/builtin` (needs `apt-get install wordnet-base`).",
+        "- Wall time per stage on a 2-core CPU (minutes): "
+        + ", ".join(f"{k} {v / 60:.1f}" if v is not None else f"{k} not recorded"
+                    for k, v in stats["stage_seconds"].items())
+        + ". Command: `llmasos train recipe builtin --out runs/builtin` (needs `apt-get install wordnet-base`).",
         "",
         "## Sample outputs (greedy, repetition penalty 1.1 as in `llmasos chat`)",
     ]
