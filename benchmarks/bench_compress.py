@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,8 @@ def main() -> None:
     run = dict(batch_size=8, seq_len=args.seq_len, lr=1e-3, warmup_steps=5, precision="fp32",
                num_threads=args.threads)
     variants = {"teacher / dense": teacher}
+    for old in ["student", "wanda", "struct", "struct_rec"]:  # the teacher is cached; the variants are remade
+        shutil.rmtree(work / old, ignore_errors=True)
     t = time.perf_counter()
     distill(teacher, data, work / "student", KDConfig(temperature=2.0, alpha=0.5),
             RunSettings(steps=args.distill_steps, **run), keep_every=2)
