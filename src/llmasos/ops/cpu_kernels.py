@@ -30,26 +30,34 @@ def _cpu_has_avx512_bf16() -> bool:
         return False
 
 
-@cache
-def native_kernels():  # noqa: ANN201 - returns the compiled extension module or None
+def load_cpu_extension(name: str, source: str, fallback: str):  # noqa: ANN201 - extension module or None
+    """Compile `csrc/<source>` for AVX512-BF16 CPUs on first use; None (and one warning) where that can't be done.
+
+    Shared by every native kernel module so they obey the same switch (LLMASOS_NATIVE_KERNELS=0), CPU check and
+    compiler flags, and all fall back to torch instead of failing inference.
+    """
     if os.environ.get("LLMASOS_NATIVE_KERNELS", "1") == "0" or not _cpu_has_avx512_bf16():
         return None
     try:
         from torch.utils.cpp_extension import load
 
-        src = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
+        src = Path(__file__).with_name("csrc") / source
         return load(
-            name="llmasos_cpu_kernels",
+            name=name,
             sources=[str(src)],
-            # fast-math lets GCC vectorise the softmax exp (glibc libmvec); infinities stay well-defined.
-            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp",
-                          ],
+            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as exc:  # no compiler, no ninja, odd toolchain: fall back, never fail inference
-        log.warning("native bf16 kernel unavailable, using torch's matmul: %s", exc)
+        log.warning("%s: %s", fallback, exc)
         return None
+
+
+@cache
+def native_kernels():  # noqa: ANN201 - returns the compiled extension module or None
+    return load_cpu_extension("llmasos_cpu_kernels", "cpu_kernels.cpp",
+                              "native bf16 kernel unavailable, using torch's matmul")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

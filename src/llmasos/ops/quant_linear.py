@@ -15,18 +15,13 @@ takes the pure-torch path: dequantize, then `F.linear`. Both paths compute the s
 
 from __future__ import annotations
 
-import logging
-import os
 from functools import cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmasos.ops.cpu_kernels import _cpu_has_avx512_bf16
-
-log = logging.getLogger(__name__)
+from llmasos.ops.cpu_kernels import load_cpu_extension
 
 BITS = (8, 4)
 GROUP_SIZES = (32, 64, 128)
@@ -37,22 +32,8 @@ INT4_BLOCK = 64  # inputs per packed int4 block: in_features must be a multiple 
 
 @cache
 def quant_kernels():  # noqa: ANN201 - the compiled extension module or None
-    if os.environ.get("LLMASOS_NATIVE_KERNELS", "1") == "0" or not _cpu_has_avx512_bf16():
-        return None
-    try:
-        from torch.utils.cpp_extension import load
-
-        src = Path(__file__).with_name("csrc") / "quant_kernels.cpp"
-        return load(
-            name="llmasos_quant_kernels",
-            sources=[str(src)],
-            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as exc:  # no compiler, odd toolchain: the torch path is always there
-        log.warning("native quantized kernels unavailable, using the torch fallback: %s", exc)
-        return None
+    return load_cpu_extension("llmasos_quant_kernels", "quant_kernels.cpp",
+                              "native quantized kernels unavailable, using the torch fallback")
 
 
 # -- formats ---------------------------------------------------------------------------------------------
