@@ -101,6 +101,9 @@ def test_bad_data_gets_clear_errors(tmp_path, prepared):
     (tmp_path / "latin.txt").write_bytes(b"caf\xe9")
     with pytest.raises(DataError, match="not UTF-8"):
         list(read_texts(tmp_path / "latin.txt"))
+    (tmp_path / "latin.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match="latin.jsonl:2: not UTF-8"):
+        list(read_texts(tmp_path / "latin.jsonl"))
     with pytest.raises(ValueError, match="empty corpus"):
         train_tokenizer([], 300)
     with pytest.raises(ValueError, match="at least"):

@@ -24,10 +24,26 @@ class DataError(ValueError):
     """Malformed or empty training data, with the file and line it was found at."""
 
 
+def read_text_file(path: Path) -> str:
+    """A whole UTF-8 file, or a DataError saying why not (missing, or where the bad bytes are)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a malformed line is a DataError naming it."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """(line number, object) for each non-blank line, streamed; a malformed line is a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with path.open("rb") as f:  # decoded line by line, so a bad byte is reported at its own line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from exc
             if not line.strip():
                 continue
             try:
@@ -49,8 +65,6 @@ def read_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
         for f in files:
             yield from read_texts(f, text_field)
         return
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
     if p.suffix in JSONL_SUFFIXES:
         for lineno, obj in read_jsonl(p):
             text = obj.get(text_field)
@@ -59,11 +73,7 @@ def read_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
             if text.strip():
                 yield text
         return
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    for para in raw.split("\n\n"):
+    for para in read_text_file(p).split("\n\n"):
         if para.strip():
             yield para.strip()
 

@@ -38,8 +38,6 @@ Pair = tuple[str, str]
 def read_pairs(path: str | Path) -> list[Pair]:
     """(source, target) of each JSONL line; a line without two non-empty strings is a DataError naming it."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
     pairs = []
     for lineno, obj in read_jsonl(p):
         src, tgt = obj.get("source"), obj.get("target")

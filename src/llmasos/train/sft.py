@@ -34,8 +34,6 @@ def validate_messages(messages: object, where: str) -> list[dict[str, str]]:
 
 def read_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
     convs = [validate_messages(obj.get("messages"), f"{p}:{n}") for n, obj in read_jsonl(p)]
     if not convs:
         raise DataError(f"{p}: no conversations")
