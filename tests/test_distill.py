@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,37 +20,19 @@ from llmasos.compress.distill import (
     layer_map,
 )
 
-WORDS = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn",
-         "the sun is warm and the sky is blue", "rain falls on the green hills ."]
 TEACHER = dict(family="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    from llmasos.train.data import prepare_dataset, read_texts
-    from llmasos.train.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("kd_data")
-    lines = [json.dumps({"text": f"{WORDS[i % 5]} . {WORDS[(i * 3) % 5]} ."}) for i in range(300)]
-    (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    tok = train_tokenizer(read_texts(root / "docs.jsonl"), 300, root / "tok")
-    prepare_dataset(read_texts(root / "docs.jsonl"), tok, root / "data", val_fraction=0.1,
-                    tokenizer_path=str(root / "tok"))
-    return root / "data"
+def prepared(make_tiny_corpus) -> Path:
+    return make_tiny_corpus(300)[2]
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(prepared, tmp_path_factory) -> Path:
+def teacher_dir(prepared, pretrain_tiny) -> Path:
     """A 4-layer Llama trained briefly on the corpus (so distilling it means something)."""
-    from llmasos.train.config import TrainConfig
-    from llmasos.train.pretrain import PretrainSpec, pretrain
-
-    out = tmp_path_factory.mktemp("teacher")
-    cfg = TrainConfig(out_dir=str(out), max_steps=25, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2,
-                      eval_interval=25, eval_batches=2, ckpt_interval=25, precision="fp32", num_threads=1)
-    pretrain(PretrainSpec(model=TEACHER, data=str(prepared), train=cfg), progress=False)
-    return out / "model"
+    return pretrain_tiny(TEACHER, prepared)
 
 
 def _hand_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temp: float) -> float:

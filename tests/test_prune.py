@@ -3,7 +3,6 @@ recovery, serving the result, and clear errors."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,37 +12,19 @@ from llmasos.compress.common import block_linears, load_fp32
 from llmasos.compress.prune import collect_input_norms, prune_unstructured, row_mask, wanda_scores
 from llmasos.compress.structured import keep_counts, make_plan, mask_in_place, prune_structured, rebuild
 
-WORDS = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn",
-         "the sun is warm and the sky is blue", "rain falls on the green hills ."]
 # GQA with 4 KV groups of 2 query heads, so a structured plan keeps a real subset of groups
 MODEL = dict(family="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=8,
              num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    from llmasos.train.data import prepare_dataset, read_texts
-    from llmasos.train.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("prune_data")
-    lines = [json.dumps({"text": f"{WORDS[i % 5]} . {WORDS[(i * 3) % 5]} ."}) for i in range(300)]
-    (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    tok = train_tokenizer(read_texts(root / "docs.jsonl"), 300, root / "tok")
-    prepare_dataset(read_texts(root / "docs.jsonl"), tok, root / "data", val_fraction=0.1,
-                    tokenizer_path=str(root / "tok"))
-    return root / "data"
+def prepared(make_tiny_corpus) -> Path:
+    return make_tiny_corpus(300)[2]
 
 
 @pytest.fixture(scope="module")
-def model_dir(prepared, tmp_path_factory) -> Path:
-    from llmasos.train.config import TrainConfig
-    from llmasos.train.pretrain import PretrainSpec, pretrain
-
-    out = tmp_path_factory.mktemp("dense")
-    cfg = TrainConfig(out_dir=str(out), max_steps=25, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2,
-                      eval_interval=25, eval_batches=2, ckpt_interval=25, precision="fp32", num_threads=1)
-    pretrain(PretrainSpec(model=MODEL, data=str(prepared), train=cfg), progress=False)
-    return out / "model"
+def model_dir(prepared, pretrain_tiny) -> Path:
+    return pretrain_tiny(MODEL, prepared)
 
 
 def calib() -> list[torch.Tensor]:

@@ -18,25 +18,23 @@ from llmasos.train.pretrain import PretrainSpec, pretrain
 from llmasos.train.schedule import lr_at
 from llmasos.train.tokenizer import train_tokenizer
 
-WORDS = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn", "the sun is warm and the sky is blue", "rain falls on the green hills ."]
 TINY_MODEL = dict(family="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("corpus")
-    lines = [json.dumps({"text": f"{WORDS[i % len(WORDS)]} . {WORDS[(i * 3) % len(WORDS)]} ."}) for i in range(400)]
-    (d / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    return d / "docs.jsonl"
+def tiny400(make_tiny_corpus) -> tuple[Path, Path, Path]:
+    return make_tiny_corpus(400)
 
 
 @pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("prepared")
-    tok = train_tokenizer(read_texts(corpus), 300, root / "tok")
-    prepare_dataset(read_texts(corpus), tok, root / "data", val_fraction=0.1, tokenizer_path=str(root / "tok"))
-    return root / "tok", root / "data"
+def corpus(tiny400) -> Path:
+    return tiny400[0]
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny400) -> tuple[Path, Path]:
+    return tiny400[1], tiny400[2]
 
 
 def spec(data: Path, out: Path, **train) -> PretrainSpec:
