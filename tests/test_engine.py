@@ -281,3 +281,49 @@ def test_a_sequence_larger_than_the_kv_pool_ends_with_length_not_a_stall(llama_d
     assert out.finish_reason == "length" and len(out.token_ids) == 4
     with pytest.raises(ValueError, match="KV cache"):
         llm.generate([list(range(1, 45))], SamplingParams(max_tokens=2))
+
+
+def test_bf16_engine_same_tokens_with_and_without_prepacked_weights(llama_dir):
+    """The bf16 CPU fast paths (prepacked oneDNN weights for batched steps, the native small-batch kernel,
+    fused SwiGLU) give the tokens the plain weights give."""
+    kw = dict(dtype="bfloat16", max_num_batched_tokens=4096)
+    packed = make_llm(llama_dir, prepack_weights=True, **kw)
+    plain = make_llm(llama_dir, prepack_weights=False, **kw)
+    assert packed.engine.prepacked_bytes > 0  # the pinned torch's oneDNN supports prepacking
+    assert plain.engine.prepacked_bytes == 0
+    a = [o.token_ids for o in packed.generate(PROMPTS, GREEDY)]
+    b = [o.token_ids for o in plain.generate(PROMPTS, GREEDY)]
+    assert a == b and all(len(t) == 12 for t in a)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: biased q/k/v projections
+def test_straight_line_bf16_decode_equals_the_general_path(family, tmp_path):
+    """Batch-1..4 bf16 decode steps take models.fast_decode; its tokens and logprobs are the general
+    layer-by-layer path's, bit for bit."""
+    import torch
+
+    from llmasos.models.fast_decode import FastDecode
+    from llmasos.models.random_checkpoint import build_random_checkpoint
+    from llmasos.ops import native_kernels
+
+    if native_kernels() is None:
+        pytest.skip("no native kernels on this CPU")
+    ckpt = build_random_checkpoint(tmp_path / family, family, seed=3, dtype=torch.bfloat16, hidden_size=128,
+                                   intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
+    llm = make_llm(ckpt, dtype="bfloat16")
+    params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=3)
+
+    def run():
+        outs = [llm.generate([p], params)[0] for p in PROMPTS[:3]] + llm.generate(PROMPTS[:3], params)
+        return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
+
+    fast = run()
+    assert isinstance(llm.engine.model._fast_decode, FastDecode)
+    llm.engine.model._fast_decode = None  # general path from here on
+    assert run() == fast
+    # Hooks or wrapped modules (adapters) rule it out; reset_fast_paths makes the decoder look again.
+    model = llm.engine.model
+    model.layers[0].attn.kv_hook = lambda k, v: (k, v)
+    model.reset_fast_paths()
+    llm.generate([PROMPTS[0]], params)
+    assert model._fast_decode is None

@@ -66,3 +66,83 @@ def test_paged_decode_attention_matches_torch(group, d, b):
     ours = native_kernels().paged_decode_attention(q, kc, vc, tables, lens, d**-0.5).double()
     ref = _decode_attention_torch(q.double(), kc.double(), vc.double(), meta, d**-0.5)
     assert (ours - ref).abs().max() < 2e-2
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,i", [(1, 3072), (3, 37), (64, 16), (5, 8)])  # odd widths take the masked tail
+def test_silu_mul_matches_fp32_reference(m, i):
+    from llmasos.ops import swiglu
+
+    torch.manual_seed(m + i)
+    h = (torch.randn(m, 2 * i) * 4).to(torch.bfloat16)
+    exact = F.silu(h[:, :i].double()) * h[:, i:].double()
+    with torch.inference_mode():
+        ours = swiglu(h).double()
+    torch_bf16 = (F.silu(h[:, :i]) * h[:, i:]).double()
+    # fp32 math then one rounding: within one bf16 ulp of the exact value, never worse than torch's two
+    # bf16 roundings.
+    assert ((ours - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+    assert (ours - exact).abs().max() <= (torch_bf16 - exact).abs().max() + 1e-6
+    assert swiglu(h.float()).shape == (m, i)  # fp32 / training: torch's ops
+
+
+def test_prepacked_linear_equals_plain_and_follows_the_rules():
+    from llmasos.ops.cpu_kernels import can_prepack
+
+    lin = Linear(64, 48, bias=True).to(torch.bfloat16)
+    x = torch.randn(2, 20, 64, dtype=torch.bfloat16)  # 40 rows: past MAX_ROWS, the prepacked path
+    with torch.inference_mode():
+        plain = lin(x)
+        extra = lin.prepack()
+        packed = lin(x)
+    if not can_prepack(lin.weight):
+        pytest.skip("this torch build has no oneDNN weight prepacking")
+    assert extra == 64 * 48 * 2 and lin.packed is not None
+    assert torch.equal(packed, plain)  # the same oneDNN kernel, only the weight layout done ahead
+    # Training still goes through autograd on the plain weight.
+    y = lin(x.float().requires_grad_().to(torch.bfloat16))
+    y.sum().backward()
+    assert lin.weight.grad is not None
+    assert Linear(8, 8).prepack() == 0  # fp32 weights are left alone
+
+
+@needs_kernel
+@pytest.mark.parametrize("h", [64, 1024, 40])  # 40: a masked tail
+def test_native_rms_norm_matches_torch_reference(h):
+    from llmasos.models.layers import RMSNorm, add_and_norm
+
+    torch.manual_seed(h)
+    norm = RMSNorm(h, eps=1e-5).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(h) * 0.5 + 1)
+    x = (torch.randn(7, h) * 3).to(torch.bfloat16)
+    r = torch.randn(7, h).to(torch.bfloat16)
+    reference = norm.weight * F.rms_norm(x.float(), (h,), eps=1e-5).to(torch.bfloat16)  # torch's route
+    ref_sum = x + r
+    ref_added = norm.weight * F.rms_norm(ref_sum.float(), (h,), eps=1e-5).to(torch.bfloat16)
+    with torch.inference_mode():
+        ours = norm(x)
+        total, added = add_and_norm(norm, x, r)
+    assert torch.equal(total, ref_sum)
+    # Same two roundings as the reference; the fp32 sum of squares may differ in its last bit, so allow one
+    # bf16 ulp on a handful of elements.
+    for a, b in ((ours, reference), (added, ref_added)):
+        diff = (a.float() - b.float()).abs()
+        assert (diff <= b.float().abs() * 2**-7).all() and (diff > 0).float().mean() < 0.02
+
+
+@needs_kernel
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_native_rope_is_bit_identical_to_torch_reference(d):
+    from llmasos.models.layers import RotaryEmbedding, apply_rope
+
+    torch.manual_seed(d)
+    rot = RotaryEmbedding(d, 512, 10000.0, None)
+    positions = torch.tensor([0, 5, 17, 300, 511])
+    cos_sin = rot.lookup(positions, torch.bfloat16)
+    fused = torch.randn(5, 3 * 4 * d).to(torch.bfloat16)  # q|k|v rows: rope sees a strided view of q and k
+    qk = fused[:, : 2 * 4 * d].unflatten(-1, (8, d))
+    reference = apply_rope(qk, cos_sin)  # grad mode on: torch's ops
+    with torch.inference_mode():
+        ours = apply_rope(qk, cos_sin)
+    assert torch.equal(ours, reference)

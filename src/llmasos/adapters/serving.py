@@ -109,6 +109,7 @@ class AdapterManager:
             self._install_hooks()
             self.prefixes[name] = read_prefix_kv(path, self.model).to(self.device, self.dtype)
         self.kinds[name], self.paths[name] = kind, str(path)
+        self.model.reset_fast_paths()  # wrapped modules and hooks: the straight-line decode no longer applies
         return kind
 
     def _load_lora(self, name: str, path: str | Path) -> None:

@@ -20,6 +20,9 @@ class EngineConfig:
     latency_budget: int = 64  # prompt tokens per step for less urgent apps while a more urgent one is active
     latency_window: float = 5.0  # seconds an app counts as active after its last request
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default (all cores)
+    # A oneDNN-blocked second copy of each bf16 CPU weight for batched steps (15-40% faster at batch 8-64);
+    # None = only if the copy takes at most a quarter of the available RAM.
+    prepack_weights: bool | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ import torch
 from llmasos.kernel.block_manager import BlockManager
 from llmasos.kernel.config import EngineConfig
 from llmasos.kernel.detokenizer import detokenize_step, init_offsets
-from llmasos.kernel.model_runner import ModelRunner, auto_kv_cache_bytes, kv_bytes_per_token
+from llmasos.kernel.model_runner import ModelRunner, auto_kv_cache_bytes, kv_bytes_per_token, prepack_weights
 from llmasos.kernel.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from llmasos.kernel.sampler import sample
 from llmasos.kernel.sampling_params import SamplingParams
@@ -62,6 +62,8 @@ class LLMEngine:
         if tok_eos is not None and tok_eos not in self.eos_token_ids:
             self.eos_token_ids.append(tok_eos)
         p = next(model.parameters())
+        # Before sizing the KV pool from the free RAM, so the automatic budget sees what the copies took.
+        self.prepacked_bytes = prepack_weights(model, config.prepack_weights)
         budget = config.kv_cache_memory or auto_kv_cache_bytes(p.device)
         per_block = kv_bytes_per_token(mcfg, p.dtype) * config.block_size
         # No point in more blocks than max_num_seqs full-length sequences can use.

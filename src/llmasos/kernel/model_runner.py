@@ -12,6 +12,7 @@ from llmasos.kernel.sequence import Sequence
 from llmasos.models.attention import AttentionMetadata, PrefillChunk
 from llmasos.models.config import ModelConfig
 from llmasos.models.decoder import DecoderLM
+from llmasos.ops.cpu_kernels import Linear, can_prepack, prepack_linears
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -23,8 +24,23 @@ def auto_kv_cache_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * 0.8)
-    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return int(min(avail * 0.2, 4 << 30))
+    return int(min(available_ram() * 0.2, 4 << 30))
+
+
+def available_ram() -> int:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def prepack_weights(model: DecoderLM, setting: bool | None) -> int:
+    """Apply EngineConfig.prepack_weights; returns the bytes the prepacked copies take (0 if none)."""
+    if setting is False:
+        return 0
+    if setting is None:
+        weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, Linear) and can_prepack(m.weight)}
+        extra = sum(w.numel() * w.element_size() for w in weights.values())
+        if extra == 0 or extra > available_ram() // 4:
+            return 0
+    return prepack_linears(model)
 
 
 class ModelRunner:

@@ -15,7 +15,9 @@ from torch import nn
 
 from llmasos.models.attention import AttentionMetadata, paged_attention, write_kv
 from llmasos.models.config import ModelConfig
-from llmasos.models.layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, make_norm
+from llmasos.models.fast_decode import FastDecode
+from llmasos.models.fast_decode import build as build_fast_decode
+from llmasos.models.layers import MLP, RMSNorm, RotaryEmbedding, add_and_norm, apply_rope, make_norm
 from llmasos.ops import Linear
 
 RopeTables = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) looked up for this forward's positions
@@ -83,13 +85,17 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attn_norm(x))
 
     def forward_paged(self, x, rope, meta, kv) -> torch.Tensor:  # noqa: ANN001 - same as forward
-        x = x + self.attn.forward_paged(self.input_norm(x), rope, meta, kv)
-        return x + self.mlp(self.post_attn_norm(x))
+        x, h = add_and_norm(self.post_attn_norm, x, self.attn.forward_paged(self.input_norm(x), rope, meta, kv))
+        return x + self.mlp(h)
+
+
+_UNBUILT = object()
 
 
 class DecoderLM(nn.Module):
     # Set by the kernel's adapter manager (prompt tuning) to replace some rows' input embeddings in a step.
     embed_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+    _fast_decode: FastDecode | None | object = _UNBUILT  # fast_decode's plan for these modules, built on first use
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -133,9 +139,18 @@ class DecoderLM(nn.Module):
         x, rope = self.embed(input_ids, positions)
         if self.embed_hook is not None:
             x = self.embed_hook(x)
+        elif FastDecode.applies(x, meta):
+            if self._fast_decode is _UNBUILT:
+                self._fast_decode = build_fast_decode(self)
+            if self._fast_decode is not None:
+                return self._fast_decode(x, rope, meta, kv_caches)
         for layer, kv in zip(self.layers, kv_caches, strict=True):
             x = layer.forward_paged(x, rope, meta, kv)
         return self.norm(x)
+
+    def reset_fast_paths(self) -> None:
+        """Call after changing modules or hooks: the straight-line decode path is rebuilt (or not) on next use."""
+        self._fast_decode = _UNBUILT
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

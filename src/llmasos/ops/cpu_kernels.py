@@ -1,10 +1,13 @@
-"""Linear layers for CPU inference: a bf16 kernel for small batches, compiled on first use.
+"""Linear layers for CPU inference: the fastest bf16 matmul for each batch size.
 
-PyTorch's oneDNN bf16 matmul spends a fixed ~8 ms per 1024x6144 weight on this class of CPU whatever the
-batch size, so a decode step (a few rows times every weight) runs far below memory bandwidth. Where the CPU
-has AVX512-BF16 and a C++ compiler is available, small-batch bf16 matmuls go to our own kernel
-(`csrc/cpu_kernels.cpp`); everything else, and any machine where the build fails, uses `F.linear`.
-Set LLMASOS_NATIVE_KERNELS=0 to turn the kernel off.
+- Up to `MAX_ROWS` rows (decoding a few streams): our own kernel (`csrc/cpu_kernels.cpp`, compiled on first
+  use where the CPU has AVX512-BF16), which streams the weights at memory bandwidth. PyTorch's oneDNN
+  matmul reaches about half of that at batch 1 on the machines we measured.
+- More rows: oneDNN. PyTorch re-lays a plain weight out for oneDNN on every call, which costs 15-40% at
+  batch 8-64 (a batched decode step); `prepack_linears` does that once per weight for inference engines
+  (a second, oneDNN-blocked copy of each weight: it costs memory, hence opt-in per model).
+
+Set LLMASOS_NATIVE_KERNELS=0 to turn our kernel off; any machine where the build fails uses `F.linear`.
 """
 
 from __future__ import annotations
@@ -60,23 +63,66 @@ def native_kernels():  # noqa: ANN201 - returns the compiled extension module or
                               "native bf16 kernel unavailable, using torch's matmul")
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           packed: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, routed to our small-batch kernel or to a prepacked oneDNN weight (`packed`) where faster."""
     if (
         x.dtype == torch.bfloat16
         and weight.dtype == torch.bfloat16
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
-        and x.numel() // x.shape[-1] <= MAX_ROWS
     ):
-        ext = native_kernels()
-        if ext is not None:
-            out = ext.bf16_linear(x.reshape(-1, x.shape[-1]), weight, bias)
+        rows = x.numel() // x.shape[-1]
+        if rows <= MAX_ROWS:
+            ext = native_kernels()
+            if ext is not None:
+                out = ext.bf16_linear(x.reshape(-1, x.shape[-1]), weight, bias)
+                return out.view(*x.shape[:-1], weight.shape[0])
+        if packed is not None:
+            out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), packed, bias, "none", [], "")
             return out.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for the fused gate|up projection `h = [..., 2I]`; one native pass for bf16 inference."""
+    if h.dtype == torch.bfloat16 and h.device.type == "cpu" and not torch.is_grad_enabled():
+        ext = native_kernels()
+        if ext is not None:
+            return ext.silu_mul(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], h.shape[-1] // 2)
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def can_prepack(weight: torch.Tensor) -> bool:
+    return (
+        weight.dtype == torch.bfloat16
+        and weight.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
 
 
 class Linear(torch.nn.Linear):
     """`nn.Linear` whose inference forward picks the fastest kernel for the shape at hand."""
 
+    packed: torch.Tensor | None = None  # oneDNN-blocked copy of `weight` (see `prepack`); inference only
+
+    def prepack(self) -> int:
+        """Keep a oneDNN-blocked copy of the weight for batched inference; returns the bytes it takes (0 if
+        this weight can't be prepacked). Call again after changing the weight: the copy does not follow it."""
+        if not can_prepack(self.weight):
+            self.packed = None
+            return 0
+        with torch.no_grad():
+            # The batch-size hint only picks among layouts; measured the same speed for 1..1024 rows.
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 64)
+        return self.weight.numel() * self.weight.element_size()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.packed)
+
+
+def prepack_linears(model: torch.nn.Module) -> int:
+    """Prepack every `Linear` of an inference model (see `Linear.prepack`); returns the extra bytes used."""
+    return sum(m.prepack() for m in model.modules() if isinstance(m, Linear))
