@@ -306,6 +306,38 @@ def weight_bytes_read_per_token(model: torch.nn.Module) -> tuple[int, int]:
     return total, total - embed[0].numel() * embed[0].element_size()
 
 
+def linear_flops(shape: dict[str, int], layer_tokens: int, sampled_tokens: int) -> float:
+    """FLOPs of the linear layers: every token through each layer's q/k/v/o and MLP projections, plus the LM
+    head for the tokens that are sampled (an engine that only computes those logits does no more)."""
+    h, d = shape["hidden"], shape["head_dim"]
+    attn = h * (shape["heads"] + 2 * shape["kv_heads"]) * d + shape["heads"] * d * h
+    mlp = 3 * h * shape["intermediate"]
+    return 2.0 * (layer_tokens * shape["layers"] * (attn + mlp) + sampled_tokens * h * shape["vocab"])
+
+
+def measure_matmul_gflops(shape: dict[str, int], rows: int = 1024, repeats: int = 5) -> float:
+    """Best bf16 matmul rate (GFLOP/s) on the model's own projection shapes at `rows` tokens, with weights
+    prepacked for oneDNN where torch supports it (the fastest matmul we know for this CPU)."""
+    h, inter = shape["hidden"], shape["intermediate"]
+    best = 0.0
+    for k, n in ((h, 2 * inter), (inter, h), (h, h)):
+        x = torch.randn(rows, k).bfloat16()
+        w = torch.randn(n, k).bfloat16()
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+            args = (x, packed, None, "none", [], "")
+            fn: Callable[..., torch.Tensor] = torch.ops.mkldnn._linear_pointwise
+        except (AttributeError, RuntimeError):
+            args, fn = (x, w), torch.nn.functional.linear
+        with torch.inference_mode():
+            fn(*args)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn(*args)
+                best = max(best, 2 * rows * k * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def kv_bytes_per_token(shape: dict[str, int], dtype_bytes: int = 2) -> int:
     return 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * dtype_bytes
 

@@ -62,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-hf", action="store_true", help="run our engine only")
     p.add_argument("--profile", action="store_true",
                    help="also profile one decode step of workload A (torch.profiler + cProfile)")
-    p.add_argument("--gguf", type=Path, default=None,
-                   help="a bf16 GGUF export of the checkpoint, for the llama.cpp baseline in C (if installed)")
+    p.add_argument("--gguf", type=Path, nargs="+", default=[],
+                   help="GGUF exports of the checkpoint (bf16, and q8_0 for reference; see make_gguf.py): one "
+                        "llama.cpp row each in C, if llama-cpp-python is installed")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG chart")
     args = p.parse_args(argv)
     args.workload_list = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
@@ -154,6 +155,8 @@ def summary_table(results: list[WorkloadResult], quick: bool = False) -> Table:
         cpu = fmt(r.load.get("cpu_per_wall"), "{:.2f}")
         for c in r.checks:
             status = {True: "[green]met[/green]", False: "[red]not met[/red]", None: "[yellow]n/a[/yellow]"}[c.passed]
+            if c.target == "informational":
+                status = "[cyan]info[/cyan]"
             if quick:
                 status = "[yellow]n/a (quick sizes)[/yellow]"
             t.add_row(r.key, str(r.threads), c.name, c.target, c.value, status, cpu)

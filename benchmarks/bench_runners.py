@@ -306,6 +306,21 @@ def vllm_run(ckpt: Path, threads: int, prompts: list[list[int]], out_lens: list[
     return BatchRun(elapsed=elapsed, output_tokens=sum(len(t) for t in token_ids), token_ids=token_ids)
 
 
+GGUF_FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 32: "BF16"}  # llama.cpp's LLAMA_FTYPE_* (the ones we export)
+
+
+def gguf_file_type(gguf: Path) -> str:
+    """The weight type of a GGUF file as llama.cpp names it (BF16, Q8_0, ...), read from its metadata."""
+    from llama_cpp import Llama
+
+    try:
+        meta = Llama(model_path=str(gguf), vocab_only=True, verbose=False).metadata
+        code = int(meta.get("general.file_type", -1))
+    except Exception:  # unreadable file: the run itself will report the error
+        return gguf.stem
+    return GGUF_FILE_TYPES.get(code, f"type {code}")
+
+
 def llama_cpp_decode(gguf: Path, threads: int, prompt: list[int], out_len: int) -> dict[str, float]:
     """Single-stream greedy decode through llama-cpp-python on a GGUF export of the same checkpoint."""
     from llama_cpp import Llama

@@ -14,6 +14,18 @@
 
 namespace {
 
+inline __m512 load_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+inline __m512 load_bf16_from(__m256i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+inline __m512 load_bf16_masked(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 constexpr int64_t kTileN = 32;  // weight rows per parallel task (each thread gets a contiguous run of tiles)
 
 inline float bf16_to_float(uint16_t v) {
@@ -99,6 +111,11 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch:
 // paged_decode_attention: one query token per sequence attends to its cached K/V, read straight from the
 // block pool. Why: the torch route gathers every sequence's blocks into a padded copy before attention,
 // which at batch 64 costs more than the attention itself; here each K/V row is read once, where it lies.
+//
+// A task is one sequence and a run of its tokens, for all heads: a token's K/V row (all KV heads) is
+// contiguous, so a task reads one stream the prefetcher can follow (per-head walks stride through memory and
+// run latency-bound). Small batches split each sequence's tokens into chunks so every core has work
+// (flash-decoding): each chunk keeps its own running max, exp-sum and weighted V sum, merged at the end.
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                      torch::Tensor block_tables, torch::Tensor context_lens, double scale) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_cache.scalar_type() == at::kBFloat16, "bf16 expected");
@@ -121,26 +138,25 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   const float fscale = static_cast<float>(scale);
   const int64_t row = Hkv * D;  // elements between consecutive tokens of one block
 
-  // A task is one sequence and a run of its KV heads. Walking all heads of a token together reads each
-  // token's K/V row (all heads, contiguous) as one stream, which the prefetcher can follow; per-head walks
-  // stride through memory and run latency-bound. Small batches split heads so every core has work.
-  const int64_t heads_per_task = B >= 8 ? Hkv : 1;
-  const int64_t splits = Hkv / heads_per_task;
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits = B >= 2 * threads ? 1 : std::min<int64_t>(16, (2 * threads + B - 1) / B);
+  // Per (sequence, chunk, query head): running max, exp-sum, and the unnormalised weighted V sum.
+  std::vector<float> part_m(B * splits * Hq, -INFINITY), part_s(B * splits * Hq, 0.f), part_acc(B * splits * Hq * D, 0.f);
   at::parallel_for(0, B * splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<float> acc;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / splits, h0 = (task % splits) * heads_per_task, L = lp[b];
-      const int64_t HG = heads_per_task * G;  // query heads handled by this task
-      scores.assign(HG * L, 0.f);
-      acc.assign(HG * D, 0.f);
-      const uint16_t* qb = qp + (b * Hq + h0 * G) * D;
+      const int64_t b = task / splits, c = task % splits, L = lp[b];
+      const int64_t chunk = (L + splits - 1) / splits;
+      const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk), n = t1 - t0;
+      if (n <= 0) continue;
+      scores.assign(Hq * n, 0.f);
+      const uint16_t* qb = qp + b * Hq * D;
       // Pass 1: scores.
-      for (int64_t t = 0; t < L; ++t) {
-        const uint16_t* kt = kp + (tp[b * maxb + t / bs] * bs + t % bs) * row + h0 * D;
-        for (int64_t hg = 0; hg < HG; ++hg) {
-          const uint16_t* kr = kt + (hg / G) * D;
-          const uint16_t* qr = qb + hg * D;
+      for (int64_t t = t0; t < t1; ++t) {
+        const uint16_t* kt = kp + (tp[b * maxb + t / bs] * bs + t % bs) * row;
+        for (int64_t h = 0; h < Hq; ++h) {
+          const uint16_t* kr = kt + (h / G) * D;
+          const uint16_t* qr = qb + h * D;
           __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
           int64_t d = 0;
           for (; d + 64 <= D; d += 64) {
@@ -149,53 +165,64 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
                                   (__m512bh)_mm512_loadu_si512(kr + d + 32));
           }
           if (d < D) a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(qr + d), (__m512bh)_mm512_loadu_si512(kr + d));
-          scores[hg * L + t] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * fscale;
+          scores[h * n + (t - t0)] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * fscale;
         }
       }
-      // Softmax per query head, in fp32.
-      for (int64_t hg = 0; hg < HG; ++hg) {
-        float* s = scores.data() + hg * L;
-        float mx = s[0];
-        for (int64_t t = 1; t < L; ++t) mx = std::max(mx, s[t]);
+      // Exponentiate against this chunk's max, per query head, in fp32.
+      float* pm = part_m.data() + task * Hq;
+      float* ps = part_s.data() + task * Hq;
+      for (int64_t h = 0; h < Hq; ++h) {
+        float* sc = scores.data() + h * n;
+        float mx = sc[0];
+        for (int64_t i = 1; i < n; ++i) mx = std::max(mx, sc[i]);
         float sum = 0.f;
-        for (int64_t t = 0; t < L; ++t) { s[t] = std::exp(s[t] - mx); sum += s[t]; }
-        const float inv = 1.f / sum;
-        for (int64_t t = 0; t < L; ++t) s[t] *= inv;
+        for (int64_t i = 0; i < n; ++i) { sc[i] = std::exp(sc[i] - mx); sum += sc[i]; }
+        pm[h] = mx;
+        ps[h] = sum;
       }
       // Pass 2: weighted sum of V rows, each read once.
-      for (int64_t t = 0; t < L; ++t) {
-        const uint16_t* vt = vp + (tp[b * maxb + t / bs] * bs + t % bs) * row + h0 * D;
-        for (int64_t hg = 0; hg < HG; ++hg) {
-          const uint16_t* vr = vt + (hg / G) * D;
-          const __m512 w = _mm512_set1_ps(scores[hg * L + t]);
-          float* ad = acc.data() + hg * D;
-          for (int64_t d = 0; d < D; d += 16) {
-            const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vr + d))), 16));
-            _mm512_storeu_ps(ad + d, _mm512_fmadd_ps(w, v, _mm512_loadu_ps(ad + d)));
-          }
+      float* pa = part_acc.data() + task * Hq * D;
+      for (int64_t t = t0; t < t1; ++t) {
+        const uint16_t* vt = vp + (tp[b * maxb + t / bs] * bs + t % bs) * row;
+        for (int64_t h = 0; h < Hq; ++h) {
+          const uint16_t* vr = vt + (h / G) * D;
+          const __m512 w = _mm512_set1_ps(scores[h * n + (t - t0)]);
+          float* ad = pa + h * D;
+          for (int64_t d = 0; d < D; d += 16)
+            _mm512_storeu_ps(ad + d, _mm512_fmadd_ps(w, load_bf16(vr + d), _mm512_loadu_ps(ad + d)));
         }
       }
-      at::BFloat16* ob = op + (b * Hq + h0 * G) * D;
-      for (int64_t i = 0; i < HG * D; ++i) ob[i] = at::BFloat16(acc[i]);
+      if (splits == 1) {  // the whole sequence in one task: normalise and write out here
+        at::BFloat16* ob = op + b * Hq * D;
+        for (int64_t h = 0; h < Hq; ++h)
+          for (int64_t d = 0; d < D; ++d) ob[h * D + d] = at::BFloat16(pa[h * D + d] / ps[h]);
+      }
     }
   });
+  if (splits == 1) return out;
+  // Merge the chunks of each sequence: rescale every chunk to the common max.
+  std::vector<float> o(D);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < Hq; ++h) {
+      float mx = -INFINITY;
+      for (int64_t c = 0; c < splits; ++c) mx = std::max(mx, part_m[(b * splits + c) * Hq + h]);
+      float sum = 0.f;
+      std::fill(o.begin(), o.end(), 0.f);
+      for (int64_t c = 0; c < splits; ++c) {
+        const int64_t i = (b * splits + c) * Hq + h;
+        if (part_s[i] == 0.f) continue;  // an empty chunk
+        const float f = std::exp(part_m[i] - mx);
+        sum += part_s[i] * f;
+        for (int64_t d = 0; d < D; ++d) o[d] += part_acc[i * D + d] * f;
+      }
+      at::BFloat16* ob = op + (b * Hq + h) * D;
+      for (int64_t d = 0; d < D; ++d) ob[d] = at::BFloat16(o[d] / sum);
+    }
+  }
   return out;
 }
 
 namespace {
-
-inline __m512 load_bf16(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-
-inline __m512 load_bf16_from(__m256i v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
-
-inline __m512 load_bf16_masked(const uint16_t* p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
 
 // exp(x) for fp32 lanes: 2^n * e^r with |r| <= ln2/2 and a degree-6 polynomial (Cephes' expf
 // coefficients), relative error ~1e-7 - far below bf16's resolution.
@@ -358,7 +385,47 @@ torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
   return out;
 }
 
+// decode_layers: a whole decode step through the layers of a plain Llama-family model (see
+// models/fast_decode.py), as one call. Why: at batch 1 a 28-layer step makes ~370 kernel calls; issued from
+// Python they cost ~1 ms of interpreter time per token on top of ~17 ms of weight streaming.
+// weights: per layer [input_norm, qkv, qkv_bias?, o, o_bias?, post_attn_norm, gate_up, down].
+torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<torch::Tensor>>& weights,
+                            const std::vector<double>& eps, const std::vector<torch::Tensor>& k_caches,
+                            const std::vector<torch::Tensor>& v_caches, torch::Tensor slots, torch::Tensor cos,
+                            torch::Tensor sin, torch::Tensor block_tables, torch::Tensor context_lens,
+                            int64_t heads, int64_t kv_heads, int64_t head_dim, double scale,
+                            torch::Tensor final_norm, double final_eps) {
+  constexpr size_t kPerLayer = 8;
+  const size_t layers = k_caches.size();
+  TORCH_CHECK(weights.size() == layers * kPerLayer && eps.size() == 2 * layers && v_caches.size() == layers,
+              "decode_layers: weights/eps/caches do not describe the same number of layers");
+  const int64_t T = x.size(0), qk_width = (heads + kv_heads) * head_dim, v_width = kv_heads * head_dim;
+  torch::Tensor pending;  // the last MLP output, added to the residual stream by the next norm
+  for (size_t l = 0; l < layers; ++l) {
+    const auto* w = &weights[l * kPerLayer];
+    torch::Tensor h;
+    if (!pending.defined()) {
+      h = rms_norm(x, c10::nullopt, *w[0], eps[2 * l])[0];
+    } else {
+      auto r = rms_norm(pending, x, *w[0], eps[2 * l]);
+      h = r[0];
+      x = r[1];
+    }
+    auto qkv = bf16_linear(h, *w[1], w[2]);
+    auto qk = rope(qkv.narrow(1, 0, qk_width).view({T, heads + kv_heads, head_dim}), cos, sin);
+    k_caches[l].view({-1, kv_heads, head_dim}).index_copy_(0, slots, qk.narrow(1, heads, kv_heads));
+    v_caches[l].view({-1, kv_heads, head_dim}).index_copy_(0, slots,
+                                                          qkv.narrow(1, qk_width, v_width).view({T, kv_heads, head_dim}));
+    auto o = paged_decode_attention(qk.narrow(1, 0, heads), k_caches[l], v_caches[l], block_tables, context_lens, scale);
+    auto r2 = rms_norm(bf16_linear(o.view({T, heads * head_dim}), *w[3], w[4]), x, *w[5], eps[2 * l + 1]);
+    x = r2[1];
+    pending = bf16_linear(silu_mul(bf16_linear(r2[0], *w[6], c10::nullopt)), *w[7], c10::nullopt);
+  }
+  return rms_norm(pending, x, final_norm, final_eps)[0];
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_layers", &decode_layers, "a decode step through plain Llama-family layers (bf16, CPU)");
   m.def("rms_norm", &rms_norm, "bf16 RMSNorm, optionally after a residual add (returns [out] or [out, sum])",
         py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"));
   m.def("rope", &rope, "rotary embedding, bf16, half-split layout");
