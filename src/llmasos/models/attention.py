@@ -2,7 +2,8 @@
 
 The cache of one layer is a pool of fixed-size blocks, `[num_blocks, block_size, kv_heads, head_dim]` for K
 and for V. A step's tokens arrive flattened: first one token for each decoding sequence, then the prefill
-chunks. New K/V are written to their slots, then each query attends to its sequence's blocks.
+chunks. New K/V are written to their slots, then each query attends to its sequence's blocks. bf16 on CPU runs our
+kernels for both decode and prefill attention (`ops/csrc/cpu_kernels.cpp`); everything else, torch's SDPA.
 """
 
 from __future__ import annotations
@@ -61,7 +62,16 @@ def paged_attention(
                                                   meta.decode_context_lens, scale)
         else:
             out[:nd] = _decode_attention_torch(q[:nd], k_cache, v_cache, meta, scale)
+    native = native_kernels() if q.dtype == torch.bfloat16 and q.device.type == "cpu" and d % 32 == 0 else None
     for p in meta.prefills:
+        if native is not None:
+            if p.context_len == p.length:
+                ks, vs = k[p.start : p.start + p.length], v[p.start : p.start + p.length]
+            else:
+                slots = _slots(p.block_table, p.context_len, meta.block_size)
+                ks, vs = k_cache.view(-1, hkv, d)[slots], v_cache.view(-1, hkv, d)[slots]
+            out[p.start : p.start + p.length] = native.prefill_attention(q[p.start : p.start + p.length], ks, vs, scale)
+            continue
         qs = q[p.start : p.start + p.length].transpose(0, 1)[None]  # [1, Hq, n, D]
         if p.context_len == p.length:
             ks = k[p.start : p.start + p.length]
