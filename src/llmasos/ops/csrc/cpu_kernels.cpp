@@ -28,6 +28,24 @@ inline __m512 load_bf16_masked(const uint16_t* p, __mmask16 m) {
 
 constexpr int64_t kTileN = 32;  // weight rows per parallel task (each thread gets a contiguous run of tiles)
 
+// exp(x) for fp32 lanes: 2^n * e^r with |r| <= ln2/2 and a degree-6 polynomial (Cephes' expf
+// coefficients), relative error ~1e-7 - far below bf16's resolution.
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.f)), _mm512_set1_ps(88.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
 inline float bf16_to_float(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
   float f;
@@ -175,8 +193,14 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
         float* sc = scores.data() + h * n;
         float mx = sc[0];
         for (int64_t i = 1; i < n; ++i) mx = std::max(mx, sc[i]);
-        float sum = 0.f;
-        for (int64_t i = 0; i < n; ++i) { sc[i] = std::exp(sc[i] - mx); sum += sc[i]; }
+        __m512 sum16 = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n; i += 16) {
+          const __mmask16 mk = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+          const __m512 e = _mm512_maskz_mov_ps(mk, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sc + i), _mm512_set1_ps(mx))));
+          _mm512_mask_storeu_ps(sc + i, mk, e);
+          sum16 = _mm512_add_ps(sum16, e);
+        }
+        const float sum = _mm512_reduce_add_ps(sum16);
         pm[h] = mx;
         ps[h] = sum;
       }
@@ -223,24 +247,6 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
 }
 
 namespace {
-
-// exp(x) for fp32 lanes: 2^n * e^r with |r| <= ln2/2 and a degree-6 polynomial (Cephes' expf
-// coefficients), relative error ~1e-7 - far below bf16's resolution.
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.f)), _mm512_set1_ps(88.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
 
 inline __m512 silu_mul_ps(__m512 g, __m512 u) {
   const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
