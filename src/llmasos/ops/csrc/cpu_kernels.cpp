@@ -126,14 +126,81 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch:
   return y;
 }
 
+namespace {
+
+// q . k over D (a multiple of 32) as 16 partial sums; the caller reduces.
+inline __m512 dot_bf16(const uint16_t* q, const uint16_t* k, int64_t D) {
+  __m512 a = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 32)
+    a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(q + d), (__m512bh)_mm512_loadu_si512(k + d));
+  return a;
+}
+
+// Lane i of the result = the sum of v[i]'s 16 lanes (a transpose-add: 45 shuffles/adds for 16 sums).
+inline __m512 reduce16(const __m512* v) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; ++i)
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// out[g][:] = sum_t P[t][h + g] * V_t[off : off + DV * 16] for GC heads sharing one KV head.
+template <int DV, int GC>
+inline void weighted_v_block(const uint16_t* const* vrow, int64_t n, int64_t off, const float* P, int64_t Hq,
+                             int64_t h, int64_t D, float* out) {
+  __m512 acc[GC][DV];
+  for (int g = 0; g < GC; ++g)
+    for (int c = 0; c < DV; ++c) acc[g][c] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    __m512 v[DV];
+    for (int c = 0; c < DV; ++c) v[c] = load_bf16(vrow[t] + off + c * 16);
+    for (int g = 0; g < GC; ++g) {
+      const __m512 w = _mm512_set1_ps(P[t * Hq + h + g]);
+      for (int c = 0; c < DV; ++c) acc[g][c] = _mm512_fmadd_ps(w, v[c], acc[g][c]);
+    }
+  }
+  for (int g = 0; g < GC; ++g)
+    for (int c = 0; c < DV; ++c) _mm512_storeu_ps(out + g * D + c * 16, acc[g][c]);
+}
+
+void weighted_v(const uint16_t* const* vrow, int64_t n, int64_t off, const float* P, int64_t Hq, int64_t h,
+                int64_t gc, int64_t D, float* out) {
+  for (int64_t d0 = 0; d0 < D; d0 += 128) {  // column passes of up to 128 keep the accumulators in registers
+    const int64_t dv = std::min<int64_t>(128, D - d0) / 16;
+    const int64_t o = off + d0;
+    float* od = out + d0;
+    switch (dv * 2 + (gc == 2)) {
+      case 4: weighted_v_block<2, 1>(vrow, n, o, P, Hq, h, D, od); break;
+      case 5: weighted_v_block<2, 2>(vrow, n, o, P, Hq, h, D, od); break;
+      case 8: weighted_v_block<4, 1>(vrow, n, o, P, Hq, h, D, od); break;
+      case 9: weighted_v_block<4, 2>(vrow, n, o, P, Hq, h, D, od); break;
+      case 12: weighted_v_block<6, 1>(vrow, n, o, P, Hq, h, D, od); break;
+      case 13: weighted_v_block<6, 2>(vrow, n, o, P, Hq, h, D, od); break;
+      case 16: weighted_v_block<8, 1>(vrow, n, o, P, Hq, h, D, od); break;
+      default: weighted_v_block<8, 2>(vrow, n, o, P, Hq, h, D, od); break;
+    }
+  }
+}
+
+}  // namespace
+
 // paged_decode_attention: one query token per sequence attends to its cached K/V, read straight from the
 // block pool. Why: the torch route gathers every sequence's blocks into a padded copy before attention,
 // which at batch 64 costs more than the attention itself; here each K/V row is read once, where it lies.
 //
-// A task is one sequence and a run of its tokens, for all heads: a token's K/V row (all KV heads) is
-// contiguous, so a task reads one stream the prefetcher can follow (per-head walks stride through memory and
-// run latency-bound). Small batches split each sequence's tokens into chunks so every core has work
-// (flash-decoding): each chunk keeps its own running max, exp-sum and weighted V sum, merged at the end.
+// A task is one sequence and a run of its tokens, for all heads: a token's K row (all KV heads) is
+// contiguous, so pass 1 reads one stream the prefetcher can follow, scoring 16 heads per token at once, and
+// prefetches the token's V row; pass 2 then walks V per KV head with the output in registers. Small batches
+// split each sequence's tokens into chunks so every core has work (flash-decoding): each chunk keeps its own
+// running max, exp-sum and weighted V sum, merged at the end.
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                      torch::Tensor block_tables, torch::Tensor context_lens, double scale) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_cache.scalar_type() == at::kBFloat16, "bf16 expected");
@@ -162,60 +229,56 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   std::vector<float> part_m(B * splits * Hq, -INFINITY), part_s(B * splits * Hq, 0.f), part_acc(B * splits * Hq * D, 0.f);
   at::parallel_for(0, B * splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
+    std::vector<const uint16_t*> vrow;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / splits, c = task % splits, L = lp[b];
       const int64_t chunk = (L + splits - 1) / splits;
       const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk), n = t1 - t0;
       if (n <= 0) continue;
-      scores.assign(Hq * n, 0.f);
+      scores.resize(Hq * n);  // token-major: [t][head]
+      vrow.resize(n);
       const uint16_t* qb = qp + b * Hq * D;
-      // Pass 1: scores.
+      // Pass 1: scores, 16 heads at a time reduced together (one 16x16 transpose-add instead of 16
+      // horizontal sums).
       for (int64_t t = t0; t < t1; ++t) {
-        const uint16_t* kt = kp + (tp[b * maxb + t / bs] * bs + t % bs) * row;
-        for (int64_t h = 0; h < Hq; ++h) {
-          const uint16_t* kr = kt + (h / G) * D;
-          const uint16_t* qr = qb + h * D;
-          __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-          int64_t d = 0;
-          for (; d + 64 <= D; d += 64) {
-            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(qr + d), (__m512bh)_mm512_loadu_si512(kr + d));
-            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(qr + d + 32),
-                                  (__m512bh)_mm512_loadu_si512(kr + d + 32));
-          }
-          if (d < D) a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(qr + d), (__m512bh)_mm512_loadu_si512(kr + d));
-          scores[h * n + (t - t0)] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * fscale;
+        const int64_t slot = tp[b * maxb + t / bs] * bs + t % bs;
+        const uint16_t* kt = kp + slot * row;
+        vrow[t - t0] = vp + slot * row;
+        // Pass 2 walks V one KV head at a time (a strided walk): fetch this token's V row into L2 now,
+        // while pass 1 streams through K.
+        for (int64_t e = 0; e < row; e += 32) _mm_prefetch(reinterpret_cast<const char*>(vrow[t - t0] + e), _MM_HINT_T1);
+        float* st = scores.data() + (t - t0) * Hq;
+        int64_t h = 0;
+        for (; h + 16 <= Hq; h += 16) {
+          __m512 acc[16];
+          for (int i = 0; i < 16; ++i) acc[i] = dot_bf16(qb + (h + i) * D, kt + ((h + i) / G) * D, D);
+          _mm512_storeu_ps(st + h, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(fscale)));
         }
+        for (; h < Hq; ++h) st[h] = _mm512_reduce_add_ps(dot_bf16(qb + h * D, kt + (h / G) * D, D)) * fscale;
       }
-      // Exponentiate against this chunk's max, per query head, in fp32.
+      // Exponentiate against this chunk's max, 16 heads per vector, in fp32.
       float* pm = part_m.data() + task * Hq;
       float* ps = part_s.data() + task * Hq;
-      for (int64_t h = 0; h < Hq; ++h) {
-        float* sc = scores.data() + h * n;
-        float mx = sc[0];
-        for (int64_t i = 1; i < n; ++i) mx = std::max(mx, sc[i]);
-        __m512 sum16 = _mm512_setzero_ps();
-        for (int64_t i = 0; i < n; i += 16) {
-          const __mmask16 mk = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
-          const __m512 e = _mm512_maskz_mov_ps(mk, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sc + i), _mm512_set1_ps(mx))));
-          _mm512_mask_storeu_ps(sc + i, mk, e);
-          sum16 = _mm512_add_ps(sum16, e);
+      for (int64_t h0 = 0; h0 < Hq; h0 += 16) {
+        const __mmask16 mk = Hq - h0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (Hq - h0)) - 1);
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int64_t i = 0; i < n; ++i) mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(mk, scores.data() + i * Hq + h0));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n; ++i) {
+          float* si = scores.data() + i * Hq + h0;
+          const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, si), mx));
+          _mm512_mask_storeu_ps(si, mk, e);
+          sum = _mm512_add_ps(sum, e);
         }
-        const float sum = _mm512_reduce_add_ps(sum16);
-        pm[h] = mx;
-        ps[h] = sum;
+        _mm512_mask_storeu_ps(pm + h0, mk, mx);
+        _mm512_mask_storeu_ps(ps + h0, mk, sum);
       }
-      // Pass 2: weighted sum of V rows, each read once.
+      // Pass 2: per KV head, the weighted sum of its V rows for its query heads, accumulated in registers.
       float* pa = part_acc.data() + task * Hq * D;
-      for (int64_t t = t0; t < t1; ++t) {
-        const uint16_t* vt = vp + (tp[b * maxb + t / bs] * bs + t % bs) * row;
-        for (int64_t h = 0; h < Hq; ++h) {
-          const uint16_t* vr = vt + (h / G) * D;
-          const __m512 w = _mm512_set1_ps(scores[h * n + (t - t0)]);
-          float* ad = pa + h * D;
-          for (int64_t d = 0; d < D; d += 16)
-            _mm512_storeu_ps(ad + d, _mm512_fmadd_ps(w, load_bf16(vr + d), _mm512_loadu_ps(ad + d)));
-        }
-      }
+      for (int64_t hk = 0; hk < Hkv; ++hk)
+        for (int64_t g = 0; g < G; g += 2)
+          weighted_v(vrow.data(), n, hk * D, scores.data(), Hq, hk * G + g, std::min<int64_t>(2, G - g), D,
+                     pa + (hk * G + g) * D);
       if (splits == 1) {  // the whole sequence in one task: normalise and write out here
         at::BFloat16* ob = op + b * Hq * D;
         for (int64_t h = 0; h < Hq; ++h)
