@@ -76,8 +76,12 @@ def test_aging_lifts_a_starving_request():
     new = mkseq(8, priority=1, arrival=NOW)
     s.add(new)
     s.add(old)
-    out = run(s)
-    assert out.prefills[0][0] is old
+    # The more urgent app's prompt defers less urgent work for its step, but never two steps in a row: then
+    # the aged request ranks ahead of a fresh, more urgent one.
+    assert [q for q, _ in run(s).prefills] == [new]
+    newer = mkseq(8, priority=1, arrival=NOW)
+    s.add(newer)
+    assert run(s).prefills[0][0] is old
 
 
 def test_weighted_fair_share_of_the_prefill_budget():
@@ -158,6 +162,22 @@ def test_urgent_prompt_holds_less_urgent_decodes_for_its_step():
     assert out.decodes == [] and out.prefills == [(urgent, 8)]
     out = run(s)
     assert sorted(q.seq_id for q in out.decodes) == sorted(q.seq_id for q in [urgent, *batch])
+
+
+def test_deferral_follows_declared_priority_not_age_and_never_twice_in_a_row():
+    s = make(budget=64)
+    batch = [mkseq(4, app="batch", arrival=NOW - 30) for _ in range(3)]  # aged three levels: class -3
+    for q in batch:
+        s.add(q)
+    run(s)
+    chats = [mkseq(8, app="chat", priority=-1, arrival=NOW + i) for i in range(2)]
+    s.add(chats[0])
+    out = run(s)  # aged batch streams are still deferred for the interactive prompt's step
+    assert out.decodes == [] and out.prefills == [(chats[0], 8)]
+    s.add(chats[1])
+    out = run(s)  # another urgent prompt at once: the batch streams were deferred last step, so they run
+    assert {q.seq_id for q in batch} <= {q.seq_id for q in out.decodes}
+    assert (chats[1], 8) in out.prefills
 
 
 def test_held_decodes_run_when_the_urgent_prompt_cannot():

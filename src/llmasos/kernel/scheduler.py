@@ -67,6 +67,7 @@ class Scheduler:
         self.app_vtime: dict[str, float] = {}
         self.last_seen: dict[int, float] = {}  # priority -> when a request of that priority last arrived
         self.latency_sensitive: dict[str, int] = {}  # app id -> priority, for apps declared interactive
+        self._deferred: set[int] = set()  # seq ids deferred by the previous step (not deferred again)
 
     def register_latency_sensitive(self, app_id: str, priority: int) -> None:
         """Declare an interactive app: less urgent prompts get short steps even before its first request."""
@@ -143,7 +144,15 @@ class Scheduler:
 
         # Prompts waiting for their first token, best-ranked first.
         candidates = sorted([s for s in ranked if s.num_uncomputed > 1] + self.waiting, key=lambda s: self.rank(s, now))
-        urgent = self.priority_class(candidates[0], now) if candidates else None
+        # The step of a prompt from the most urgent app present defers less urgent work (their decodes, their
+        # prompts) by one step, so that first token is not slowed down. Declared priorities decide this, not
+        # aged ones: aging lifts a long-waiting request into the queue ahead (nothing starves there), it does
+        # not make it as urgent as an interactive app. Nothing is deferred two steps in a row.
+        best_base = min(s.priority for s in candidates) if candidates else None
+        deferred_last, self._deferred = self._deferred, set()
+
+        def deferrable(seq: Sequence) -> bool:
+            return best_base is not None and seq.priority > best_base and seq.seq_id not in deferred_last
 
         def schedule_decodes(seqs: list[Sequence]) -> None:
             nonlocal budget
@@ -156,31 +165,28 @@ class Scheduler:
                 else:
                     self._preempt(seq, out)
 
-        # 1. Decodes: one token for every running stream - except that a step serving a more urgent prompt
-        # holds less urgent streams back for that one step, so the urgent first token is not slowed down.
+        # 1. Decodes: one token for every running stream, less the deferred ones.
         decoding = [s for s in ranked if s.num_uncomputed == 1]
-        held = [s for s in decoding if urgent is not None and self.priority_class(s, now) > urgent]
+        held = [s for s in decoding if deferrable(s)]
         schedule_decodes([s for s in decoding if s not in held])
 
         # 2. Prompt chunks: running prefills in progress, then waiting requests.
         if out.preempted:  # admitting new work right after preempting would only thrash
             candidates = [s for s in candidates if s.status is SequenceStatus.RUNNING]
+        deferred_prompts = [s for s in candidates if deferrable(s)]
         if candidates and budget:
-            budget = self._schedule_prefills(candidates, budget, now, out, try_allocate)
+            budget = self._schedule_prefills([s for s in candidates if not deferrable(s)], budget, now, out,
+                                             try_allocate)
 
         # The urgent prompt could not run after all (memory, max_num_seqs): do not stall the held streams.
-        if held and not any(self.priority_class(s, now) <= urgent for s, _ in out.prefills):
+        # (Less urgent prompts still wait: nothing overtakes a prompt that waits for memory.)
+        if best_base is not None and not any(s.priority <= best_base for s, _ in out.prefills):
             schedule_decodes(held)
+        else:
+            self._deferred = {s.seq_id for s in held + deferred_prompts}
         return out
 
     def _schedule_prefills(self, candidates, budget, now, out, try_allocate) -> int:  # noqa: ANN001
-        # A step that carries an urgent prompt is not topped up with less urgent prompts (it would only
-        # make that step, and so the urgent request's first token, slower). Aged requests still count as
-        # urgent once their class has caught up, so nothing starves.
-        top_class = self.priority_class(candidates[0], now)
-        best_priority = min(s.priority for s in candidates)
-        candidates = [s for s in candidates
-                      if s.priority <= best_priority or self.priority_class(s, now) <= top_class]
         weights: dict[str, float] = {}
         for s in candidates:
             weights[s.app_id] = max(weights.get(s.app_id, 0.0), s.weight)
