@@ -3,9 +3,10 @@
 At batch 1 the weights stream in ~17 ms per token for a 0.4B model, and Python was adding ~4 ms on top:
 ~15 module calls, dispatch checks and small torch ops per layer. This path runs the whole step through the
 layers in one native call (`decode_layers`: norms, matmuls, rotary, KV write, attention, SwiGLU) on weights
-gathered once, and folds each residual add into the next norm. It computes exactly what `Block.forward_paged` computes with the same
-kernels; the decoder uses it only where every layer is the plain Llama/Qwen2/Mistral shape and nothing
-(adapters, hooks, quantized weights) has changed the modules: anything else takes the general path.
+gathered once, and folds each residual add into the next norm. It computes exactly what
+`Block.forward_paged` computes with the same kernels; the decoder uses it only where every layer is the plain
+Llama/Qwen2/Mistral shape and nothing (adapters, hooks, quantized weights) has changed the modules: anything
+else takes the general path.
 """
 
 from __future__ import annotations
