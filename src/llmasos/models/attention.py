@@ -55,43 +55,43 @@ def paged_attention(
     hkv = k.shape[1]
     group = hq // hkv
     nd = meta.num_decodes
+    native = native_kernels() if q.dtype == torch.bfloat16 and q.device.type == "cpu" and d % 32 == 0 else None
     if nd:
-        ext = native_kernels() if q.dtype == torch.bfloat16 and q.device.type == "cpu" and d % 32 == 0 else None
-        if ext is not None:
-            out[:nd] = ext.paged_decode_attention(q[:nd], k_cache, v_cache, meta.decode_block_tables,
-                                                  meta.decode_context_lens, scale)
+        if native is not None:
+            out[:nd] = native.paged_decode_attention(q[:nd], k_cache, v_cache, meta.decode_block_tables,
+                                                     meta.decode_context_lens, scale)
         else:
             out[:nd] = _decode_attention_torch(q[:nd], k_cache, v_cache, meta, scale)
-    native = native_kernels() if q.dtype == torch.bfloat16 and q.device.type == "cpu" and d % 32 == 0 else None
     for p in meta.prefills:
-        if native is not None:
-            if p.context_len == p.length:
-                ks, vs = k[p.start : p.start + p.length], v[p.start : p.start + p.length]
-            else:
-                slots = _slots(p.block_table, p.context_len, meta.block_size)
-                ks, vs = k_cache.view(-1, hkv, d)[slots], v_cache.view(-1, hkv, d)[slots]
-            out[p.start : p.start + p.length] = native.prefill_attention(q[p.start : p.start + p.length], ks, vs, scale)
-            continue
-        qs = q[p.start : p.start + p.length].transpose(0, 1)[None]  # [1, Hq, n, D]
+        qs = q[p.start : p.start + p.length]
         if p.context_len == p.length:
-            ks = k[p.start : p.start + p.length]
-            vs = v[p.start : p.start + p.length]
-            mask, causal = None, True
+            ks, vs = k[p.start : p.start + p.length], v[p.start : p.start + p.length]
         else:
             # Part of the context is cached (earlier chunks or a shared prefix): read it from the blocks.
             slots = _slots(p.block_table, p.context_len, meta.block_size)
-            ks = k_cache.view(-1, hkv, d)[slots]
-            vs = v_cache.view(-1, hkv, d)[slots]
-            offset = p.context_len - p.length
-            qpos = torch.arange(p.length, device=q.device)[:, None] + offset
-            mask, causal = torch.arange(p.context_len, device=q.device)[None, :] <= qpos, False
-        # 4-D inputs with K/V heads repeated for GQA take the fused (flash) CPU kernel; 3-D inputs or
-        # enable_gqa fall back to the unfused math path, about 15x slower here.
-        ks = _repeat_kv(ks, group).transpose(0, 1)[None]
-        vs = _repeat_kv(vs, group).transpose(0, 1)[None]
-        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal, scale=scale)
-        out[p.start : p.start + p.length] = o[0].transpose(0, 1)
+            ks, vs = k_cache.view(-1, hkv, d)[slots], v_cache.view(-1, hkv, d)[slots]
+        if native is not None:
+            out[p.start : p.start + p.length] = native.prefill_attention(qs, ks, vs, scale)
+        else:
+            out[p.start : p.start + p.length] = _prefill_attention_torch(qs, ks, vs, group, scale)
     return out
+
+
+def _prefill_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int,
+                             scale: float) -> torch.Tensor:
+    """Causal attention of q [n, Hq, D] at the end of a context k, v [L, Hkv, D] (L >= n)."""
+    n, length = q.shape[0], k.shape[0]
+    if length == n:
+        mask, causal = None, True
+    else:
+        qpos = torch.arange(n, device=q.device)[:, None] + (length - n)
+        mask, causal = torch.arange(length, device=q.device)[None, :] <= qpos, False
+    # 4-D inputs with K/V heads repeated for GQA take the fused (flash) CPU kernel; 3-D inputs or
+    # enable_gqa fall back to the unfused math path, about 15x slower here.
+    ks = _repeat_kv(k, group).transpose(0, 1)[None]
+    vs = _repeat_kv(v, group).transpose(0, 1)[None]
+    o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], ks, vs, attn_mask=mask, is_causal=causal, scale=scale)
+    return o[0].transpose(0, 1)
 
 
 def _decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
