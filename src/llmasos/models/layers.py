@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmasos.ops import Linear, native_kernels, swiglu
+from llmasos.ops import Linear, native_bf16, swiglu
 
 
 class RMSNorm(nn.Module):
@@ -19,7 +19,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ext = _native_bf16(x, self.weight)
+        ext = native_bf16(x, self.weight)
         if ext is not None:
             return ext.rms_norm(x, None, self.weight, self.eps)[0]
         # Normalise in fp32 like the reference implementations (so bf16 runs agree with them), in one fused
@@ -31,20 +31,12 @@ def add_and_norm(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> tu
     """(x + residual, norm(x + residual)): the residual stream and the next sublayer's input, in one native
     pass for RMSNorm at bf16 inference."""
     if isinstance(norm, RMSNorm):
-        ext = _native_bf16(x, norm.weight)
-        if ext is not None and residual.dtype == x.dtype:
+        ext = native_bf16(x, residual, norm.weight)
+        if ext is not None:
             out, total = ext.rms_norm(x, residual, norm.weight, norm.eps)
             return total, out
     total = x + residual
     return total, norm(total)
-
-
-def _native_bf16(x: torch.Tensor, weight: torch.Tensor):  # noqa: ANN202 - the extension module or None
-    """Our fused CPU kernels apply to bf16 inference only (training keeps torch's differentiable ops)."""
-    if x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.device.type == "cpu" \
-            and not torch.is_grad_enabled():
-        return native_kernels()
-    return None
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
@@ -100,7 +92,7 @@ def apply_rope(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> t
     """x: [..., T, heads, head_dim]; cos/sin: [..., T, 1, head_dim]."""
     cos, sin = cos_sin
     if x.dim() == 3 and x.shape[-1] % 32 == 0 and x.stride(-1) == 1 and x.stride(-2) == x.shape[-1]:
-        ext = _native_bf16(x, cos)
+        ext = native_bf16(x, cos)
         if ext is not None:
             return ext.rope(x, cos, sin)
     return x * cos + _rotate_half(x) * sin

@@ -63,15 +63,21 @@ def native_kernels():  # noqa: ANN201 - returns the compiled extension module or
                               "native bf16 kernel unavailable, using torch's matmul")
 
 
+def bf16_inference(*tensors: torch.Tensor) -> bool:
+    """True where our fast paths apply: bf16 CPU tensors with autograd off (training keeps torch's
+    differentiable ops)."""
+    return not torch.is_grad_enabled() and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
+
+
+def native_bf16(*tensors: torch.Tensor):  # noqa: ANN201 - the extension module or None
+    """The native kernels, if they exist and apply to these tensors (`bf16_inference`)."""
+    return native_kernels() if bf16_inference(*tensors) else None
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`, routed to our small-batch kernel or to a prepacked oneDNN weight (`packed`) where faster."""
-    if (
-        x.dtype == torch.bfloat16
-        and weight.dtype == torch.bfloat16
-        and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
-    ):
+    if bf16_inference(x, weight):
         rows = x.numel() // x.shape[-1]
         if rows <= MAX_ROWS:
             ext = native_kernels()
@@ -86,10 +92,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def swiglu(h: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for the fused gate|up projection `h = [..., 2I]`; one native pass for bf16 inference."""
-    if h.dtype == torch.bfloat16 and h.device.type == "cpu" and not torch.is_grad_enabled():
-        ext = native_kernels()
-        if ext is not None:
-            return ext.silu_mul(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], h.shape[-1] // 2)
+    ext = native_bf16(h)
+    if ext is not None:
+        return ext.silu_mul(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], h.shape[-1] // 2)
     gate, up = h.chunk(2, dim=-1)
     return F.silu(gate) * up
 
