@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -226,7 +227,10 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   const int64_t threads = at::get_num_threads();
   const int64_t splits = B >= 2 * threads ? 1 : std::min<int64_t>(16, (2 * threads + B - 1) / B);
   // Per (sequence, chunk, query head): running max, exp-sum, and the unnormalised weighted V sum.
-  std::vector<float> part_m(B * splits * Hq, -INFINITY), part_s(B * splits * Hq, 0.f), part_acc(B * splits * Hq * D, 0.f);
+  // part_acc is written in full by every non-empty chunk before it is read (empty chunks are skipped by
+  // their zero exp-sum), so it is left uninitialised: at batch 64 a zero fill would touch 256 KB per layer.
+  std::vector<float> part_m(B * splits * Hq, -INFINITY), part_s(B * splits * Hq, 0.f);
+  std::unique_ptr<float[]> part_acc(new float[B * splits * Hq * D]);
   at::parallel_for(0, B * splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     std::vector<const uint16_t*> vrow;
@@ -274,7 +278,7 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
         _mm512_mask_storeu_ps(ps + h0, mk, sum);
       }
       // Pass 2: per KV head, the weighted sum of its V rows for its query heads, accumulated in registers.
-      float* pa = part_acc.data() + task * Hq * D;
+      float* pa = part_acc.get() + task * Hq * D;
       for (int64_t hk = 0; hk < Hkv; ++hk)
         for (int64_t g = 0; g < G; g += 2)
           weighted_v(vrow.data(), n, hk * D, scores.data(), Hq, hk * G + g, std::min<int64_t>(2, G - g), D,
