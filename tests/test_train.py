@@ -232,15 +232,18 @@ def test_ddp_two_processes_agree(prepared, tmp_path):
         "flat = torch.cat([p.detach().flatten() for p in model.parameters()])\n"
         "gathered = [torch.zeros_like(flat) for _ in range(t.ctx.world_size)]\n"
         "dist.all_gather(gathered, flat)\n"
-        "print(f'RANK {t.ctx.rank} WORLD {t.ctx.world_size} EQUAL {all(torch.equal(gathered[0], g) for g in gathered)}'"
+        # Each rank reports in a file of its own: two processes printing to one pipe can run their lines together.
+        "open(f'{sys.argv[2]}/rank{t.ctx.rank}.txt', 'w').write("
+        "f'RANK {t.ctx.rank} WORLD {t.ctx.world_size} EQUAL {all(torch.equal(gathered[0], g) for g in gathered)}'"
         " f' LOSS {r.final_loss:.4f} VAL {r.val_loss:.4f}')\n"
+        "dist.barrier()\n"  # no rank tears the group down while the other still uses it
         "dist.destroy_process_group()\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29533", str(script), str(tmp_path / "spec.json")], capture_output=True, text=True,
-                          timeout=300, env=env)
+                           "29533", str(script), str(tmp_path / "spec.json"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    lines = sorted((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
     assert len(lines) == 2 and all("WORLD 2 EQUAL True" in line for line in lines)
     assert lines[0].split("LOSS")[1] == lines[1].split("LOSS")[1]  # the logged loss is the all-reduced mean
     assert (tmp_path / "ddp" / "checkpoint.pt").is_file()
