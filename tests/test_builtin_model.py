@@ -1,4 +1,4 @@
-"""The built-in model as shipped: within the size budget, the default of `LLM()`, and a real language model."""
+"""The built-in model as shipped: within the size budget, served as `--model builtin`, and a real language model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from llmasos.models.default_model import BUILTIN_DIR, default_model_dir
+from llmasos.models.default_model import BUILTIN_DIR, resolve_model_name
 
 SENTENCES = [
     "The word river (noun) means a large natural stream of water.",
@@ -22,11 +22,11 @@ SENTENCES = [
 def builtin_llm():
     from llmasos import LLM
 
-    return LLM(dtype="bfloat16")  # no model named: the built-in one
+    return LLM("builtin", dtype="bfloat16")
 
 
 def test_shipped_files_fit_the_budget_and_carry_a_model_card():
-    assert default_model_dir() == BUILTIN_DIR
+    assert resolve_model_name("builtin") == BUILTIN_DIR
     total = sum(p.stat().st_size for p in BUILTIN_DIR.iterdir())
     assert total <= 25 * 1024 * 1024
     card = (BUILTIN_DIR / "README.md").read_text()
@@ -36,7 +36,7 @@ def test_shipped_files_fit_the_budget_and_carry_a_model_card():
     assert stats["parameters"] > 1_000_000 and stats["val_ppl_pretrain_data"] < 50
 
 
-def test_llm_defaults_to_the_builtin_model_and_follows_the_chat_template(builtin_llm):
+def test_builtin_model_follows_the_chat_template(builtin_llm):
     from llmasos import SamplingParams
 
     out = builtin_llm.chat([{"role": "user", "content": "Who are you?"}],

@@ -55,7 +55,15 @@ def test_chat_streams_replies_and_handles_commands(llama_dir):
     assert "conversation cleared" in r.stderr
 
 
-def test_chat_uses_the_built_in_model_when_none_is_named(tmp_path):
+def test_chat_uses_the_default_model_when_none_is_named(tmp_path):
     r = run_cli("chat", "--max-tokens", "16", "--temperature", "0", stdin="Who are you?\n", env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "SmolLM2-135M-Instruct" in r.stderr
+    assert "assistant> " in r.stdout and len(r.stdout.split()) > 5
+
+
+def test_chat_serves_the_builtin_model_by_name(tmp_path):
+    r = run_cli("chat", "--model", "builtin", "--max-tokens", "16", "--temperature", "0", stdin="Who are you?\n",
+                env_home=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "assistant> " in r.stdout and "LLMasOS" in r.stdout

@@ -296,12 +296,16 @@ def test_bf16_engine_same_tokens_with_and_without_prepacked_weights(llama_dir):
     assert a == b and all(len(t) == 12 for t in a)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: biased q/k/v projections
-def test_straight_line_bf16_decode_equals_the_general_path(family, tmp_path):
-    """Batch-1..4 bf16 decode steps take models.fast_decode; its tokens and logprobs are the general
-    layer-by-layer path's, bit for bit."""
+@pytest.mark.parametrize("weights", ["bf16", "prepacked", "int8", "int4"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])  # qwen2: biased q/k/v; qwen3: q/k norms
+def test_straight_line_decode_equals_the_general_path(family, weights, tmp_path):
+    """Decode steps of any batch size take models.fast_decode (one native call per step), whatever the
+    weights (bf16, oneDNN-prepacked, int8, int4); its tokens and logprobs are the general layer-by-layer
+    path's, bit for bit, at batch 1, 3 (our small-batch kernels) and 8 (past them: oneDNN / expanded weights
+    for bf16 and int8, still ours for int4)."""
     import torch
 
+    from llmasos.compress.quantize import quantize_model
     from llmasos.models.fast_decode import FastDecode
     from llmasos.models.random_checkpoint import build_random_checkpoint
     from llmasos.ops import native_kernels
@@ -310,11 +314,17 @@ def test_straight_line_bf16_decode_equals_the_general_path(family, tmp_path):
         pytest.skip("no native kernels on this CPU")
     ckpt = build_random_checkpoint(tmp_path / family, family, seed=3, dtype=torch.bfloat16, hidden_size=128,
                                    intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
-    llm = make_llm(ckpt, dtype="bfloat16")
+    # No prefix cache: the second run must compute the same prefill steps the first did, not reuse its blocks.
+    llm = make_llm(ckpt, dtype="bfloat16", prepack_weights=weights == "prepacked", max_num_batched_tokens=512,
+                   enable_prefix_caching=False)
+    if weights in ("int8", "int4"):
+        quantize_model(llm.engine.model, bits=8 if weights == "int8" else 4, group_size=64)
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=3)
+    prompts = PROMPTS + [[7, 8, 9, 10], list(range(40, 52))]
 
     def run():
-        outs = [llm.generate([p], params)[0] for p in PROMPTS[:3]] + llm.generate(PROMPTS[:3], params)
+        outs = [llm.generate([p], params)[0] for p in prompts[:1]] + llm.generate(prompts[:3], params) \
+            + llm.generate(prompts, params)
         return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
 
     fast = run()

@@ -18,6 +18,7 @@ from llmasos.kernel.config import EngineConfig
 from llmasos.kernel.engine import LLMEngine
 from llmasos.kernel.llm import apply_chat_template, build_engine
 from llmasos.kernel.sampling_params import SamplingParams, StructuredOutput
+from llmasos.models.default_model import default_model, default_model_label
 from llmasos.train.cli import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -30,7 +31,8 @@ app.add_typer(compress_app, name="compress")
 app.add_typer(eval_app, name="eval")
 app.command("plan")(plan)
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="HF model directory or hub name (default: built-in)")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="HF model directory or hub name, a GGUF file, or 'builtin' (default: SmolLM2-135M-Instruct)")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the model (default: all cores)")]
 MaxTokOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate")]
@@ -61,7 +63,8 @@ def _params(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p
 
 def _engine(model: str | None, dtype: str, threads: int | None, adapter: Path | None = None) -> LLMEngine:
     try:
-        with err.status(f"loading {model or 'the built-in model'}..."):
+        label = model or default_model_label(default_model())
+        with err.status(f"loading {label}..."):
             engine = build_engine(EngineConfig(model=model, dtype=dtype, num_threads=threads))
             if adapter is not None:
                 engine.load_adapter(ADAPTER_NAME, adapter)
@@ -164,8 +167,10 @@ def chat(
         raise typer.Exit(2)
     interactive = sys.stdin.isatty()
     if model is None:
-        err.print("[dim]built-in model: an 8.4M-parameter model that defines words and handles simple support, "
-                  "recommendation and writing requests; --model DIR_OR_HUB_NAME runs any Hugging Face model[/dim]")
+        name = default_model_label(default_model())
+        err.print(f"[dim]{name} ({engine.model.config.num_params / 1e6:.0f}M parameters); --model runs any "
+                  "Hugging Face directory, hub name or GGUF file, --model builtin the model this project "
+                  "trained[/dim]")
     err.print("[dim]/reset clears the conversation, /exit or Ctrl-D quits[/dim]")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     virtual = engine.adapters.num_virtual_tokens(ADAPTER_NAME) if adapter is not None else 0  # prompt/prefix slots

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llmasos.models.config import ModelConfig
-from llmasos.models.decoder import DecoderLM
+from llmasos.models.decoder import DecoderLM, meta_model
 from llmasos.models.layers import RotaryEmbedding
 from llmasos.ops.quant_linear import QuantLinear, check_format
 
@@ -127,8 +127,8 @@ def load_quantized(model_dir: str | Path, hf_config: dict, dtype: torch.dtype,
     cfg = ModelConfig.from_hf(hf_config)
     with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    model = meta_model(cfg)
     with torch.device("meta"):
-        model = DecoderLM(cfg)
         for name in sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".qweight")}):
             old = model.get_submodule(name)
             _set_module(model, name, QuantLinear(old.in_features, old.out_features, qcfg["bits"],

@@ -51,6 +51,8 @@ class EngineStats:
 
 
 class LLMEngine:
+    model_source: Path | None = None  # where the model was loaded from (a directory or GGUF file), if known
+
     def __init__(self, model: DecoderLM, tokenizer: Any, config: EngineConfig) -> None:
         self.model = model
         self.tokenizer = tokenizer

@@ -12,15 +12,18 @@ from llmasos.kernel.config import EngineConfig
 from llmasos.kernel.engine import LLMEngine
 from llmasos.kernel.outputs import RequestOutput
 from llmasos.kernel.sampling_params import SamplingParams
-from llmasos.models.default_model import default_model_dir
+from llmasos.models.gguf import build_tokenizer, is_gguf, open_gguf
 from llmasos.models.loader import load_model
 
 Message = dict[str, str]
 
 
 def load_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer of a model directory (None if it has none) or of a GGUF file (from its metadata)."""
     from transformers import AutoTokenizer
 
+    if is_gguf(model_dir):
+        return build_tokenizer(open_gguf(model_dir).metadata)
     files = {p.name for p in model_dir.iterdir()}
     if not files & {"tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"}:
         return None
@@ -31,12 +34,17 @@ def build_engine(config: EngineConfig) -> LLMEngine:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    model, model_dir = load_model(config.model or default_model_dir(), config.dtype, config.device)
-    return LLMEngine(model, load_tokenizer(model_dir), config)
+    model, source = load_model(config.model, config.dtype, config.device)
+    engine = LLMEngine(model, load_tokenizer(source), config)
+    engine.model_source = source
+    return engine
 
 
 class LLM:
     """Load a model and generate for many prompts at once with continuous batching.
+
+    `model`: a Hugging Face directory or hub name, a GGUF file, `builtin` (the model this project trained), or
+    None for the default model (SmolLM2-135M-Instruct).
 
     >>> llm = LLM("path/to/hf_dir", dtype="float32")
     >>> outs = llm.generate(["Hello"], SamplingParams(max_tokens=8, temperature=0))

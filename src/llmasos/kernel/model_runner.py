@@ -12,7 +12,7 @@ from llmasos.kernel.sequence import Sequence
 from llmasos.models.attention import AttentionMetadata, PrefillChunk
 from llmasos.models.config import ModelConfig
 from llmasos.models.decoder import DecoderLM
-from llmasos.ops.cpu_kernels import Linear, can_prepack, prepack_linears
+from llmasos.ops.cpu_kernels import prepack_linears, prepack_size
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -36,8 +36,7 @@ def prepack_weights(model: DecoderLM, setting: bool | None) -> int:
     if setting is False:
         return 0
     if setting is None:
-        weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, Linear) and can_prepack(m.weight)}
-        extra = sum(w.numel() * w.element_size() for w in weights.values())
+        extra = prepack_size(model)
         if extra == 0 or extra > available_ram() // 4:
             return 0
     return prepack_linears(model)
@@ -52,9 +51,11 @@ class ModelRunner:
         self.block_size = block_size
         self.adapters: Any = None  # an adapters.serving.AdapterManager once the engine loads an adapter
         shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        # Every slot is written before it is read, so the pool is not zeroed: on CPU an untouched page costs
+        # nothing, while zeroing a default 4 GiB pool took ~4 s of every start-up.
+        alloc = torch.empty if self.device.type == "cpu" else torch.zeros
         self.kv_caches = [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device),
-             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (alloc(shape, dtype=self.dtype, device=self.device), alloc(shape, dtype=self.dtype, device=self.device))
             for _ in range(cfg.num_layers)
         ]
 

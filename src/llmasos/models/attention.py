@@ -108,6 +108,10 @@ def _decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     # GQA without repeating K/V: the query heads of one KV head act as that many query rows.
     qd = q.view(nd, hkv, hq // hkv, d)
     mask = torch.arange(nblocks * bs, device=q.device)[None, :] < meta.decode_context_lens[:, None]
+    # Slots past a sequence's length hold whatever the (unzeroed) pool held: a NaN there would survive the
+    # mask (0 * NaN), so clear them in the gathered copies.
+    pad = ~mask[:, None, :, None]
+    kd, vd = kd.masked_fill(pad, 0), vd.masked_fill(pad, 0)
     o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None, :], scale=scale)
     return o.reshape(nd, hq, d)
 

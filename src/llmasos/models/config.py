@@ -55,12 +55,9 @@ class ModelConfig:
     @property
     def num_params(self) -> int:
         """Exact parameter count of the model this config builds (tied embeddings counted once)."""
-        import torch
+        from llmasos.models.decoder import meta_model
 
-        from llmasos.models.decoder import DecoderLM
-
-        with torch.device("meta"):  # shapes only: no memory, no init
-            return sum(p.numel() for p in DecoderLM(self).parameters())
+        return sum(p.numel() for p in meta_model(self).parameters())  # shapes only: no memory, no init
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:

@@ -49,12 +49,19 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
     """Inverse frequencies of RoPE, with linear or Llama 3 frequency-dependent scaling."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    # Computed on the CPU whatever the default device: under a meta-device context (loaders) the tables are
+    # still real, and moved with the model afterwards.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim))
     if not scaling:
         return inv_freq.float()
     kind = scaling.get("rope_type", "default")
     if kind == "linear":
         return (inv_freq / scaling["factor"]).float()
+    if kind == "freq_factors":  # GGUF files: one divisor per frequency (llama.cpp's rope_freqs tensor)
+        factors = torch.tensor(scaling["factors"], dtype=torch.float64, device="cpu")
+        if factors.numel() != inv_freq.numel():
+            raise ValueError(f"rope freq_factors has {factors.numel()} values; expected {inv_freq.numel()}")
+        return (inv_freq / factors).float()
     if kind == "llama3":
         factor = scaling["factor"]
         low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
@@ -66,7 +73,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
         return torch.where(medium, smoothed, scaled).float()
-    raise ValueError(f"unsupported rope scaling {kind!r}; supported: default, linear, llama3")
+    raise ValueError(f"unsupported rope scaling {kind!r}; supported: default, linear, llama3, freq_factors")
 
 
 class RotaryEmbedding(nn.Module):
@@ -78,7 +85,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_position: int, theta: float, scaling: dict[str, Any] | None) -> None:
         super().__init__()
         inv_freq = rope_inv_freq(head_dim, theta, scaling)
-        freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
+        freqs = torch.outer(torch.arange(max_position, dtype=torch.float32, device="cpu"), inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)

@@ -10,7 +10,9 @@ import torch
 from safetensors import safe_open
 
 from llmasos.models.config import ModelConfig, UnsupportedModelError
-from llmasos.models.decoder import DecoderLM
+from llmasos.models.decoder import DecoderLM, meta_model
+from llmasos.models.default_model import resolve_model_name
+from llmasos.models.gguf import is_gguf, load_gguf_model, open_gguf
 from llmasos.models.layers import RotaryEmbedding
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -29,8 +31,24 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """A local directory as is; otherwise a hub name, downloaded (config, tokenizer, safetensors) when online."""
+    """Where a model lives: a local directory or GGUF file as is; `builtin`, the built-in model; `org/repo` (a
+    Hugging Face directory) or `org/repo/file.gguf`, downloaded from the hub when online."""
+    name_or_path = resolve_model_name(name_or_path)
     path = Path(name_or_path).expanduser()
+    if path.is_file():
+        if not is_gguf(path):
+            raise ValueError(f"{path} is neither a model directory nor a GGUF file")
+        return path
+    if str(name_or_path).endswith(".gguf") and not path.exists() and str(name_or_path).count("/") == 2 \
+            and not str(name_or_path).startswith((".", "/", "~")):
+        from huggingface_hub import hf_hub_download
+
+        repo, _, filename = str(name_or_path).rpartition("/")
+        try:
+            return Path(hf_hub_download(repo, filename))
+        except Exception as exc:  # offline, missing repo or file: one clear message
+            raise FileNotFoundError(f"could not find {name_or_path!r} locally or download it from the Hugging "
+                                    f"Face hub: {exc}") from exc
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
@@ -48,6 +66,9 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 
 
 def read_hf_config(model_dir: Path) -> dict:
+    """The `config.json` dict of a model directory, or the one a GGUF file's metadata implies."""
+    if is_gguf(model_dir):
+        return open_gguf(model_dir).hf_config()
     cfg = json.loads((model_dir / "config.json").read_text())
     gen = model_dir / "generation_config.json"
     if gen.is_file():
@@ -127,8 +148,7 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None, dt
     if state_dict is None:
         model = DecoderLM(cfg)
         return model.to(device=device, dtype=dtype)
-    with torch.device("meta"):
-        model = DecoderLM(cfg)
+    model = meta_model(cfg)
     state_dict = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
     if cfg.tie_word_embeddings:
@@ -138,9 +158,13 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None, dt
     return model.eval()
 
 
-def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
+def load_model(name_or_path: str | Path | None, dtype: str | torch.dtype = "auto",
                device: str | torch.device = "cpu") -> tuple[DecoderLM, Path]:
+    """(model, where it was loaded from): a HF directory, a GGUF file, a hub name, `builtin`, or None (the
+    default model)."""
     model_dir = resolve_model_dir(name_or_path)
+    if is_gguf(model_dir):
+        return load_gguf_model(model_dir, resolve_dtype(dtype), device), model_dir
     hf = read_hf_config(model_dir)
     if hf.get("quantization_config"):
         # Imported here: only quantized models need the compression package.

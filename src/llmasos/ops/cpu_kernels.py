@@ -33,8 +33,9 @@ def _cpu_has_avx512_bf16() -> bool:
         return False
 
 
-def load_cpu_extension(name: str, source: str, fallback: str):  # noqa: ANN201 - extension module or None
-    """Compile `csrc/<source>` for AVX512-BF16 CPUs on first use; None (and one warning) where that can't be done.
+def load_cpu_extension(name: str, sources: list[str], fallback: str):  # noqa: ANN201 - extension module or None
+    """Compile `csrc/<sources>` into one module for AVX512-BF16 CPUs on first use; None (and one warning) where
+    that can't be done.
 
     Shared by every native kernel module so they obey the same switch (LLMASOS_NATIVE_KERNELS=0), CPU check and
     compiler flags, and all fall back to torch instead of failing inference.
@@ -44,11 +45,12 @@ def load_cpu_extension(name: str, source: str, fallback: str):  # noqa: ANN201 -
     try:
         from torch.utils.cpp_extension import load
 
-        src = Path(__file__).with_name("csrc") / source
+        csrc = Path(__file__).with_name("csrc")
         return load(
             name=name,
-            sources=[str(src)],
-            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"],
+            sources=[str(csrc / s) for s in sources],
+            extra_include_paths=[str(csrc)],
+            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mf16c", "-mfma", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
@@ -59,8 +61,9 @@ def load_cpu_extension(name: str, source: str, fallback: str):  # noqa: ANN201 -
 
 @cache
 def native_kernels():  # noqa: ANN201 - returns the compiled extension module or None
-    return load_cpu_extension("llmasos_cpu_kernels", "cpu_kernels.cpp",
-                              "native bf16 kernel unavailable, using torch's matmul")
+    # One module for every kernel, so the one-call decode step can run quantized layers too.
+    return load_cpu_extension("llmasos_cpu_kernels", ["cpu_kernels.cpp", "quant_kernels.cpp", "decode_step.cpp"],
+                              "native kernels unavailable, using torch's ops")
 
 
 def bf16_inference(*tensors: torch.Tensor) -> bool:
@@ -85,8 +88,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                 out = ext.bf16_linear(x.reshape(-1, x.shape[-1]), weight, bias)
                 return out.view(*x.shape[:-1], weight.shape[0])
         if packed is not None:
-            out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), packed, bias, "none", [], "")
-            return out.view(*x.shape[:-1], weight.shape[0])
+            return onednn_linear(x, packed, bias, weight.shape[0])
     return F.linear(x, weight, bias)
 
 
@@ -108,10 +110,27 @@ def can_prepack(weight: torch.Tensor) -> bool:
     )
 
 
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A oneDNN-blocked copy of a bf16 `[N, K]` weight, for `linear(..., packed=)`."""
+    with torch.no_grad():
+        # The batch-size hint only picks among layouts; measured the same speed for 1..1024 rows.
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 64)
+
+
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1]
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), packed, bias, "none", [], "")
+    return out.view(*x.shape[:-1], out_features)
+
+
 class Linear(torch.nn.Linear):
     """`nn.Linear` whose inference forward picks the fastest kernel for the shape at hand."""
 
     packed: torch.Tensor | None = None  # oneDNN-blocked copy of `weight` (see `prepack`); inference only
+
+    def prepack_size(self) -> int:
+        """Bytes a prepacked copy would take (0 where it does not apply)."""
+        return self.weight.numel() * self.weight.element_size() if can_prepack(self.weight) else 0
 
     def prepack(self) -> int:
         """Keep a oneDNN-blocked copy of the weight for batched inference; returns the bytes it takes (0 if
@@ -119,15 +138,19 @@ class Linear(torch.nn.Linear):
         if not can_prepack(self.weight):
             self.packed = None
             return 0
-        with torch.no_grad():
-            # The batch-size hint only picks among layouts; measured the same speed for 1..1024 rows.
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 64)
-        return self.weight.numel() * self.weight.element_size()
+        self.packed = pack_weight(self.weight)
+        return self.prepack_size()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, self.packed)
 
 
 def prepack_linears(model: torch.nn.Module) -> int:
-    """Prepack every `Linear` of an inference model (see `Linear.prepack`); returns the extra bytes used."""
-    return sum(m.prepack() for m in model.modules() if isinstance(m, Linear))
+    """Prepack every linear layer of an inference model that can be (`Linear`, `QuantLinear`); returns the extra
+    bytes used."""
+    return sum(m.prepack() for m in model.modules() if callable(getattr(m, "prepack", None)))
+
+
+def prepack_size(model: torch.nn.Module) -> int:
+    """Bytes `prepack_linears` would add."""
+    return sum(m.prepack_size() for m in model.modules() if callable(getattr(m, "prepack_size", None)))

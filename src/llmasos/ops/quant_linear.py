@@ -2,38 +2,40 @@
 
 Two formats (see `csrc/quant_kernels.cpp` for the memory layout):
 
-- int8: symmetric, one fp32 scale per output row: `w = q * scale[n]`, q in -127..127;
-- int4: asymmetric, one bf16 scale and one bf16 minimum per group of `group_size` inputs of a row:
-  `w = q * scale[n, g] + min[n, g]`, q in 0..15, two values per byte.
+- int8: symmetric, one fp32 scale per output row: `w = q * scale[n]`, q in -127..127 (`quantize_model`); or one
+  scale per group of inputs, `w = q * scale[n, g]` (GGUF's Q8_0: groups of 32, fp16 scales);
+- int4: asymmetric, one scale and one minimum per group of `group_size` inputs of a row:
+  `w = q * scale[n, g] + min[n, g]`, q in 0..15, two values per byte. `quantize_model` stores them in bf16;
+  GGUF's Q4_0 / Q4_1 in fp16 and Q4_K in fp32, so that every weight is exactly the file's.
 
-On CPUs with AVX512-BF16, bf16 inputs of up to `MAX_ROWS` rows (6 for int8, 16 for int4: decode steps) go
+On CPUs with AVX512-BF16, bf16 inputs of up to `MAX_ROWS` rows (8: decode steps of a few streams) go
 to our kernels, which expand the weight chunk by chunk in registers: a step reads 1/2 or ~1/4 of the bf16 bytes. Larger inputs
-(prefill) expand the whole weight to bf16 once per call with a vectorised kernel and use oneDNN's matmul,
-which wins there. Everything else (other dtypes, CUDA, autograd, LLMASOS_NATIVE_KERNELS=0, a failed build)
+(batched decode, prefill) use oneDNN's bf16 matmul, which wins there, on a prepacked bf16 copy where the engine
+made one (`QuantLinear.prepack`), else on the weight expanded once per call by a vectorised kernel. Everything else (other dtypes, CUDA, autograd, LLMASOS_NATIVE_KERNELS=0, a failed build)
 takes the pure-torch path: dequantize, then `F.linear`. Both paths compute the same function.
 """
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmasos.ops.cpu_kernels import load_cpu_extension
+from llmasos.ops.cpu_kernels import can_prepack, native_kernels, onednn_linear, pack_weight
 
 BITS = (8, 4)
 GROUP_SIZES = (32, 64, 128)
 # Up to this many rows our kernels beat expanding the weight + oneDNN (`benchmarks/bench_quant.py --kernels`).
-MAX_ROWS = {8: 6, 4: 16}
+MAX_ROWS = {8: 8, 4: 8}
 INT4_BLOCK = 64  # inputs per packed int4 block: in_features must be a multiple of it
 
 
-@cache
+SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def quant_kernels():  # noqa: ANN201 - the compiled extension module or None
-    return load_cpu_extension("llmasos_quant_kernels", "quant_kernels.cpp",
-                              "native quantized kernels unavailable, using the torch fallback")
+    """The native kernels (one module holds the bf16 and the quantized ones)."""
+    return native_kernels()
 
 
 # -- formats ---------------------------------------------------------------------------------------------
@@ -113,7 +115,9 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 def dequantize(layer: QuantLinear, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The layer's effective weight `[N, K]`, in pure torch (any device)."""
     if layer.bits == 8:
-        w = layer.qweight.float() * layer.scales.float()[:, None]
+        n, k = layer.out_features, layer.in_features
+        scales = layer.scales.float().reshape(n, -1, 1)  # [N, 1, 1] per row, [N, K/G, 1] per group
+        w = (layer.qweight.float().reshape(n, scales.shape[1], -1) * scales).reshape(n, k)
     else:
         n, k = layer.out_features, layer.in_features
         q = unpack_int4(layer.qweight).float().reshape(n, k // layer.group_size, layer.group_size)
@@ -150,6 +154,39 @@ class QuantLinear(nn.Module):
             if bias else None
 
     @classmethod
+    def from_packed(cls, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None = None,
+                    group_size: int | None = None, bias: torch.Tensor | None = None) -> QuantLinear:
+        """A layer over weights already in one of the formats (e.g. a GGUF file's Q8_0 / Q4_x blocks).
+
+        int8: `qweight` int8 `[N, K]`, `scales` `[N]` (per row) or `[N, K/G]`; int4: `qweight` uint8 `[N, K/2]` as
+        `pack_int4` lays it out, `scales` and `mins` `[N, K/G]`. Scales in fp32, bf16 or fp16.
+        """
+        bits = 8 if qweight.dtype == torch.int8 else 4
+        n = qweight.shape[0]
+        k = qweight.shape[1] * (1 if bits == 8 else 2)
+        if scales.dtype not in SCALE_DTYPES or (mins is not None and mins.dtype != scales.dtype):
+            raise ValueError(f"scales (and mins) must share one of {SCALE_DTYPES}")
+        groups = 1 if scales.dim() == 1 else scales.shape[1]
+        group = k // groups if group_size is None else group_size
+        if scales.shape[0] != n or k % group or k // group != groups:
+            raise ValueError(f"scales {tuple(scales.shape)} do not fit a [{n}, {k}] weight in groups of {group}")
+        if bits == 8:
+            if group % 32:
+                raise ValueError(f"int8 groups must be multiples of 32 inputs, got {group}")
+        else:
+            check_format(k, 4, group)
+            if mins is None or mins.shape != scales.shape:
+                raise ValueError("int4 needs mins shaped like its scales")
+        dtype = bias.dtype if bias is not None else torch.bfloat16
+        with torch.device("meta"):
+            layer = cls(k, n, bits, group if bits == 4 else 128, bias is not None, dtype=dtype)
+        layer.group_size = group
+        layer.qweight, layer.scales = qweight, scales
+        layer.mins = mins if bits == 4 else None
+        layer.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        return layer
+
+    @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int = 128) -> QuantLinear:
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None,
@@ -171,14 +208,46 @@ class QuantLinear(nn.Module):
                 self._buffers[name] = self._buffers[name].to(dtype)
         return self
 
+    # For inputs past MAX_ROWS rows (batched decode, prefill), oneDNN's bf16 matmul on the expanded weight beats
+    # any dot-product kernel. `packed`: a oneDNN-blocked bf16 copy made once (`prepack`, opted into by the
+    # engine like the bf16 layers' copies); `dense`: a bf16 tensor of the same weights the model holds anyway
+    # (a tied embedding). Without either, each such call expands the weight.
+    packed: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
+
+    def prepack_size(self) -> int:
+        return 2 * self.in_features * self.out_features if self.qweight.is_cpu and can_prepack_dtype() else 0
+
+    def prepack(self) -> int:
+        """Keep a oneDNN-blocked bf16 copy of the weights for batched steps; returns its bytes."""
+        if not self.prepack_size():
+            self.packed = None
+            return 0
+        w = self.dense if self.dense is not None and self.dense.dtype == torch.bfloat16 else None
+        if w is None:
+            ext = quant_kernels()
+            w = dequantize(self, torch.bfloat16) if ext is None else _expand(ext, self)
+        self.packed = pack_weight(w)
+        return self.prepack_size()
+
     def forward(self, x: torch.Tensor, native: bool | None = None) -> torch.Tensor:
         """`native=False` forces the torch path (tests); None picks the fastest available."""
         return quant_linear(x, self, native)
 
     def extra_repr(self) -> str:
-        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        group = f", group_size={self.group_size}" if self.group_size != self.in_features else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}, " \
                f"bias={self.bias is not None}"
+
+
+def _expand(ext, layer: QuantLinear) -> torch.Tensor:  # noqa: ANN001 - the extension module
+    if layer.bits == 8:
+        return ext.int8_dequantize(layer.qweight, layer.scales)
+    return ext.int4_dequantize(layer.qweight, layer.scales, layer.mins, layer.group_size)
+
+
+def can_prepack_dtype() -> bool:
+    return can_prepack(torch.empty(0, dtype=torch.bfloat16))
 
 
 def quant_linear(x: torch.Tensor, layer: QuantLinear, native: bool | None = None) -> torch.Tensor:
@@ -196,9 +265,9 @@ def quant_linear(x: torch.Tensor, layer: QuantLinear, native: bool | None = None
             else:
                 out = ext.int4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group_size, layer.bias)
             return out.view(*x.shape[:-1], layer.out_features)
-        if layer.bits == 8:
-            w = ext.int8_dequantize(layer.qweight, layer.scales)
-        else:
-            w = ext.int4_dequantize(layer.qweight, layer.scales, layer.mins, layer.group_size)
-        return F.linear(x, w, layer.bias)
+        if layer.packed is not None:
+            return onednn_linear(x, layer.packed, layer.bias, layer.out_features)
+        if layer.dense is not None and layer.dense.dtype == x.dtype:
+            return F.linear(x, layer.dense, layer.bias)
+        return F.linear(x, _expand(ext, layer), layer.bias)
     return F.linear(x, dequantize(layer, x.dtype), layer.bias)

@@ -4,6 +4,7 @@
 // the batch has 1 row or 64 (it re-lays the weight out on every call), so decoding - which multiplies a
 // few rows by every weight matrix - runs at ~1.6 GB/s instead of the memory bandwidth. This kernel streams
 // each weight row once per group of input rows and is bandwidth-bound for small batches.
+#include "kernels.h"
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -621,48 +622,9 @@ torch::Tensor prefill_attention(torch::Tensor q, torch::Tensor k, torch::Tensor 
   return out;
 }
 
-// decode_layers: a whole decode step through the layers of a plain Llama-family model (see
-// models/fast_decode.py), as one call. Why: at batch 1 a 28-layer step makes ~370 kernel calls; issued from
-// Python they cost ~1 ms of interpreter time per token on top of ~17 ms of weight streaming.
-// weights: per layer [input_norm, qkv, qkv_bias?, o, o_bias?, post_attn_norm, gate_up, down].
-torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<torch::Tensor>>& weights,
-                            const std::vector<double>& eps, const std::vector<torch::Tensor>& k_caches,
-                            const std::vector<torch::Tensor>& v_caches, torch::Tensor slots, torch::Tensor cos,
-                            torch::Tensor sin, torch::Tensor block_tables, torch::Tensor context_lens,
-                            int64_t heads, int64_t kv_heads, int64_t head_dim, double scale,
-                            torch::Tensor final_norm, double final_eps) {
-  constexpr size_t kPerLayer = 8;
-  const size_t layers = k_caches.size();
-  TORCH_CHECK(weights.size() == layers * kPerLayer && eps.size() == 2 * layers && v_caches.size() == layers,
-              "decode_layers: weights/eps/caches do not describe the same number of layers");
-  const int64_t T = x.size(0), qk_width = (heads + kv_heads) * head_dim, v_width = kv_heads * head_dim;
-  torch::Tensor pending;  // the last MLP output, added to the residual stream by the next norm
-  for (size_t l = 0; l < layers; ++l) {
-    const auto* w = &weights[l * kPerLayer];
-    torch::Tensor h;
-    if (!pending.defined()) {
-      h = rms_norm(x, c10::nullopt, *w[0], eps[2 * l])[0];
-    } else {
-      auto r = rms_norm(pending, x, *w[0], eps[2 * l]);
-      h = r[0];
-      x = r[1];
-    }
-    auto qkv = bf16_linear(h, *w[1], w[2]);
-    auto qk = rope(qkv.narrow(1, 0, qk_width).view({T, heads + kv_heads, head_dim}), cos, sin);
-    k_caches[l].view({-1, kv_heads, head_dim}).index_copy_(0, slots, qk.narrow(1, heads, kv_heads));
-    v_caches[l].view({-1, kv_heads, head_dim}).index_copy_(0, slots,
-                                                          qkv.narrow(1, qk_width, v_width).view({T, kv_heads, head_dim}));
-    auto o = paged_decode_attention(qk.narrow(1, 0, heads), k_caches[l], v_caches[l], block_tables, context_lens, scale);
-    auto r2 = rms_norm(bf16_linear(o.view({T, heads * head_dim}), *w[3], w[4]), x, *w[5], eps[2 * l + 1]);
-    x = r2[1];
-    pending = bf16_linear(silu_mul(bf16_linear(r2[0], *w[6], c10::nullopt)), *w[7], c10::nullopt);
-  }
-  return rms_norm(pending, x, final_norm, final_eps)[0];
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prefill_attention", &prefill_attention, "causal attention of a prompt chunk over its context (bf16)");
-  m.def("decode_layers", &decode_layers, "a decode step through plain Llama-family layers (bf16, CPU)");
+  m.def("decode_layers", &decode_layers, "a decode step through Llama-family layers (bf16, int8, int4; CPU)");
   m.def("rms_norm", &rms_norm, "bf16 RMSNorm, optionally after a residual add (returns [out] or [out, sum])",
         py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"));
   m.def("rope", &rope, "rotary embedding, bf16, half-split layout");
@@ -670,4 +632,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_linear", &bf16_linear, "y = x @ w.T + bias for bf16 (AVX512-BF16)", py::arg("x"), py::arg("w"),
         py::arg("bias") = py::none());
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over the paged KV cache (bf16)");
+  m.def("int8_linear", &int8_linear, "y = x @ (q * scale).T + bias (bf16 x, int8 weight, per-row or group scales)",
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias") = py::none());
+  m.def("int4_linear", &int4_linear, "y = x @ (q * scale + min).T + bias (bf16 x, int4 group-wise weight)",
+        py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("mins"), py::arg("group_size"),
+        py::arg("bias") = py::none());
+  m.def("int8_dequantize", &int8_dequantize, "int8 weight -> bf16");
+  m.def("int4_dequantize", &int4_dequantize, "int4 group-wise weight -> bf16");
 }

@@ -9,11 +9,15 @@
 // registers and the AVX512-BF16 dot product (32 multiply-adds per instruction) does the rest.
 //
 // Formats (shared with the torch fallback in quant_linear.py):
-//   int8: q int8 [N, K], symmetric per output row: w = q * scale[n] (scale fp32 [N]).
-//   int4: q uint8 [N, K/2], asymmetric per group of G inputs: w = q * scale[n, g] + min[n, g] (bf16 [N, K/G]),
-//         q in 0..15. Packed in blocks of 64 inputs: byte t of the 32-byte block at input k holds input k+t in
+//   int8: q int8 [N, K], symmetric: w = q * scale[n] per output row (scale fp32 [N]), or w = q * scale[n, g]
+//         per group of G inputs (scale [N, K/G]; GGUF's Q8_0 is G = 32 with fp16 scales).
+//   int4: q uint8 [N, K/2], asymmetric per group of G inputs: w = q * scale[n, g] + min[n, g] ([N, K/G]),
+//         q in 0..15.
+//   Scales and minimums may be fp32, bf16 or fp16 (GGUF stores fp16, and its K-quants' products need fp32
+//   to stay exact): they are read one per group, so their type costs nothing in the inner loop. Packed in blocks of 64 inputs: byte t of the 32-byte block at input k holds input k+t in
 //         its low nibble and input k+32+t in its high nibble, so one widening load plus a mask (low) or a
 //         shift and mask (high) gives 32 consecutive inputs.
+#include "kernels.h"
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -37,25 +41,73 @@ inline float bf16_to_float(uint16_t v) {
 
 inline void store_row(at::BFloat16* y, float v) { *y = at::BFloat16(v); }  // round to nearest even
 
+// One group scale (or minimum) table, in whichever float type it is stored.
+struct Scales {
+  const void* p = nullptr;
+  at::ScalarType type = at::kFloat;
+  inline float operator[](int64_t i) const {
+    switch (type) {
+      case at::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+      case at::kHalf: return _cvtsh_ss(static_cast<const uint16_t*>(p)[i]);
+      default: return static_cast<const float*>(p)[i];
+    }
+  }
+  // Up to 16 consecutive values as fp32 lanes (lanes outside `mask` are zero).
+  inline __m512 load16(int64_t i, __mmask16 mask) const {
+    const auto* h = static_cast<const uint16_t*>(p) + i;
+    switch (type) {
+      case at::kBFloat16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, h)), 16));
+      case at::kHalf: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, h));
+      default: return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(p) + i);
+    }
+  }
+};
+
+inline __mmask16 lanes(int64_t left) { return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1); }
+
+// sum over groups g of (a[n, g] + b_scale * b[n, g]) * xsum[g]: the per-group offset terms of one output, in
+// vectors of 16 groups once at the end instead of a scalar update at every group boundary. `b` may be empty.
+inline float group_dot(Scales a, Scales b, float b_scale, int64_t row, int64_t ng, const float* xsum) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+    const __mmask16 m = lanes(ng - g0);
+    __m512 off = a.load16(row * ng + g0, m);
+    if (b.p) off = _mm512_fmadd_ps(b.load16(row * ng + g0, m), _mm512_set1_ps(b_scale), off);
+    acc = _mm512_fmadd_ps(off, _mm512_maskz_loadu_ps(m, xsum + g0), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+Scales scales_of(const torch::Tensor& t) {
+  TORCH_CHECK(t.is_contiguous(), "scales must be contiguous");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf,
+              "scales must be float32, bfloat16 or float16");
+  return Scales{t.data_ptr(), t.scalar_type()};
+}
+
 // ---------------------------------------------------------------------------------------------------- int8
 // Converting 32 int8 to bf16 through fp32 costs five vector ops; splitting each byte into nibbles costs three
 // cheap integer ops, as in the int4 kernel. With q = 16 h + l (h = q >> 4 in -8..7, l = q & 15):
 //   (l | 0x4300) is the bf16 of 128 + l, and ((q >> 4) & 15) ^ 0x4308 is the bf16 of 136 + h, so
 //   dot(x, q) = dot(16 x, 136 + h) + dot(x, 128 + l) - 2304 sum(x)   (16 x is exact in bf16).
+// Per group g of G inputs: y += scale_g * (dot_g - 2304 sum_g(x)); a per-row scale is the case G = K.
 template <int MC, int NC, bool kTwoChains = false>
-inline void micro_i8(const uint16_t* x, const uint16_t* x16, const float* xsum, const int8_t* q, const float* scale,
-                     const float* bias, at::BFloat16* y, int64_t K, int64_t N, int64_t m0, int64_t n,
+inline void micro_i8(const uint16_t* x, const uint16_t* x16, const float* xsum, const int8_t* q, Scales scale,
+                     const float* bias, at::BFloat16* y, int64_t K, int64_t N, int64_t G, int64_t m0, int64_t n,
                      int64_t prefetch_row) {
+  const int64_t ng = K / G;
   const __m512i mask = _mm512_set1_epi16(0x000F), magic_lo = _mm512_set1_epi16(0x4300),
                 magic_hi = _mm512_set1_epi16(0x4308);
   // kTwoChains: the low-nibble products get their own accumulator, for one weight row at a time (otherwise a
   // single dependency chain would bound the loop); with several weight rows the chains are already there.
-  __m512 acc[MC][NC], acc_lo[kTwoChains ? MC : 1][kTwoChains ? NC : 1];
+  __m512 acc[MC][NC], part[MC][NC], part_lo[kTwoChains ? MC : 1][kTwoChains ? NC : 1];
   for (int i = 0; i < MC; ++i)
-    for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NC; ++j) acc[i][j] = part[i][j] = _mm512_setzero_ps();
   if constexpr (kTwoChains)
     for (int i = 0; i < MC; ++i)
-      for (int j = 0; j < NC; ++j) acc_lo[i][j] = _mm512_setzero_ps();
+      for (int j = 0; j < NC; ++j) part_lo[i][j] = _mm512_setzero_ps();
+  int64_t in_group = 0;
   for (int64_t k = 0; k < K; k += 32) {
     __m512bh lo[NC], hi[NC];
     for (int j = 0; j < NC; ++j) {
@@ -70,38 +122,50 @@ inline void micro_i8(const uint16_t* x, const uint16_t* x16, const float* xsum, 
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + i) * K + k);
       const __m512bh xv16 = (__m512bh)_mm512_loadu_si512(x16 + (m0 + i) * K + k);
       for (int j = 0; j < NC; ++j) {
-        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv16, hi[j]);
-        if constexpr (kTwoChains) acc_lo[i][j] = _mm512_dpbf16_ps(acc_lo[i][j], xv, lo[j]);
-        else acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, lo[j]);
+        part[i][j] = _mm512_dpbf16_ps(part[i][j], xv16, hi[j]);
+        if constexpr (kTwoChains) part_lo[i][j] = _mm512_dpbf16_ps(part_lo[i][j], xv, lo[j]);
+        else part[i][j] = _mm512_dpbf16_ps(part[i][j], xv, lo[j]);
+      }
+    }
+    in_group += 32;
+    if (in_group == G) {  // end of group g: apply its scale
+      in_group = 0;
+      const int64_t g = k / G;
+      for (int j = 0; j < NC; ++j) {
+        const __m512 sv = _mm512_set1_ps(scale[(n + j) * ng + g]);
+        for (int i = 0; i < MC; ++i) {
+          __m512 p = part[i][j];
+          if constexpr (kTwoChains) {
+            p = _mm512_add_ps(p, part_lo[i][j]);
+            part_lo[i][j] = _mm512_setzero_ps();
+          }
+          acc[i][j] = _mm512_fmadd_ps(p, sv, acc[i][j]);
+          part[i][j] = _mm512_setzero_ps();
+        }
       }
     }
   }
-  if constexpr (kTwoChains)
-    for (int i = 0; i < MC; ++i)
-      for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_add_ps(acc[i][j], acc_lo[i][j]);
   for (int i = 0; i < MC; ++i)
-    for (int j = 0; j < NC; ++j)
+    for (int j = 0; j < NC; ++j) {
+      const float corr = group_dot(scale, Scales{}, 0.f, n + j, ng, xsum + (m0 + i) * ng);
       store_row(y + (m0 + i) * N + n + j,
-                (_mm512_reduce_add_ps(acc[i][j]) - 2304.f * xsum[m0 + i]) * scale[n + j] + (bias ? bias[n + j] : 0.f));
+                _mm512_reduce_add_ps(acc[i][j]) - 2304.f * corr + (bias ? bias[n + j] : 0.f));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------- int4
 // A nibble OR 0x4300 is the bf16 bit pattern of 128 + q, exactly; so dot(x, 128 + q) comes out of one
-// dpbf16 per 32 inputs and y = sum_g scale_g * dot_g + (min_g - 128 scale_g) * sum_g(x).
+// dpbf16 per 32 inputs and y = sum_g scale_g * dot_g + sum_g (min_g - 128 scale_g) * sum_g(x), the second
+// sum in vectors at the end (group_dot).
 template <int MC, int NC>
-inline void micro_i4(const uint16_t* x, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+inline void micro_i4(const uint16_t* x, const uint8_t* q, Scales scales, Scales mins,
                      const float* xsum, const float* bias, at::BFloat16* y, int64_t K, int64_t N, int64_t G,
                      int64_t m0, int64_t n, int64_t prefetch_row) {
   const int64_t ng = K / G, kb = K / 2;
   const __m512i mask = _mm512_set1_epi16(0x000F), magic = _mm512_set1_epi16(0x4300);
   __m512 acc[MC][NC], part[MC][NC];
-  float corr[MC][NC];
   for (int i = 0; i < MC; ++i)
-    for (int j = 0; j < NC; ++j) {
-      acc[i][j] = _mm512_setzero_ps();
-      part[i][j] = _mm512_setzero_ps();
-      corr[i][j] = 0.f;
-    }
+    for (int j = 0; j < NC; ++j) acc[i][j] = part[i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 64) {
     __m512bh wv[2][NC];
     for (int j = 0; j < NC; ++j) {
@@ -120,22 +184,20 @@ inline void micro_i4(const uint16_t* x, const uint8_t* q, const uint16_t* scales
       if (((kk + 32) & (G - 1)) == 0) {  // end of group g: apply its scale and offset
         const int64_t g = kk / G;
         for (int j = 0; j < NC; ++j) {
-          const float s = bf16_to_float(scales[(n + j) * ng + g]);
-          const float off = bf16_to_float(mins[(n + j) * ng + g]) - 128.f * s;
-          const __m512 sv = _mm512_set1_ps(s);
+          const __m512 sv = _mm512_set1_ps(scales[(n + j) * ng + g]);
           for (int i = 0; i < MC; ++i) {
             acc[i][j] = _mm512_fmadd_ps(part[i][j], sv, acc[i][j]);
             part[i][j] = _mm512_setzero_ps();
-            corr[i][j] += off * xsum[(m0 + i) * ng + g];
           }
         }
       }
     }
   }
   for (int i = 0; i < MC; ++i)
-    for (int j = 0; j < NC; ++j)
-      store_row(y + (m0 + i) * N + n + j,
-                _mm512_reduce_add_ps(acc[i][j]) + corr[i][j] + (bias ? bias[n + j] : 0.f));
+    for (int j = 0; j < NC; ++j) {
+      const float corr = group_dot(mins, scales, -128.f, n + j, ng, xsum + (m0 + i) * ng);  // min - 128 scale
+      store_row(y + (m0 + i) * N + n + j, _mm512_reduce_add_ps(acc[i][j]) + corr + (bias ? bias[n + j] : 0.f));
+    }
 }
 
 // Walk one tile of weight rows [n0, n1): input rows in groups of kRowsM, weight rows NC at a time.
@@ -161,41 +223,54 @@ torch::Tensor optional_bias(const c10::optional<torch::Tensor>& bias, int64_t N)
 
 }  // namespace
 
+// The group size of an int8 scale table: [N] is one scale per row (G = K), [N, K/G] one per group.
+static int64_t int8_group(const torch::Tensor& scale, int64_t N, int64_t K) {
+  if (scale.dim() == 1) {
+    TORCH_CHECK(scale.size(0) == N, "int8: scale [N] expected");
+    return K;
+  }
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == N && scale.size(1) > 0 && K % scale.size(1) == 0,
+              "int8: scale [N] or [N, K/G] expected");
+  const int64_t G = K / scale.size(1);
+  TORCH_CHECK(G % 32 == 0, "int8: the group size must be a multiple of 32");
+  return G;
+}
+
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kChar, "bf16 x and int8 weight expected");
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1) && q.size(1) % 32 == 0, "shape mismatch");
   x = x.contiguous();
   q = q.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  auto sc = scale.scalar_type() == at::kFloat && scale.is_contiguous() ? scale : scale.to(at::kFloat).contiguous();
+  scale = scale.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), G = int8_group(scale, N, K), ng = K / G;
+  const Scales sp = scales_of(scale);
   auto bc = optional_bias(bias, N);
   auto y = torch::empty({M, N}, x.options());
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  // 16 x (an exponent bump, exact unless it overflows) and the row sums of x, for the nibble split.
+  // 16 x (an exponent bump, exact unless it overflows) and the group sums of x, for the nibble split.
   std::vector<uint16_t> x16(M * K);
-  std::vector<float> xsum(M, 0.f);
+  std::vector<float> xsum(M * ng, 0.f);
   for (int64_t i = 0; i < M * K; ++i) {
     const float v = bf16_to_float(xp[i]);
-    xsum[i / K] += v;
+    xsum[(i / K) * ng + (i % K) / G] += v;
     x16[i] = at::BFloat16(16.f * v).x;
   }
   const uint16_t* x16p = x16.data();
   const float* xs = xsum.data();
   const auto* qp = q.data_ptr<int8_t>();
-  const float* sp = sc.data_ptr<float>();
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   auto* yp = y.data_ptr<at::BFloat16>();
   constexpr int NC = 4;
   auto micro = [&](int64_t mc, int64_t m0, int64_t n, int64_t next) {
     switch (mc) {
-      case 1: micro_i8<1, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
-      case 2: micro_i8<2, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
-      case 3: micro_i8<3, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
-      default: micro_i8<4, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0, n, next); break;
+      case 1: micro_i8<1, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, G, m0, n, next); break;
+      case 2: micro_i8<2, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, G, m0, n, next); break;
+      case 3: micro_i8<3, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, G, m0, n, next); break;
+      default: micro_i8<4, NC>(xp, x16p, xs, qp, sp, bp, yp, K, N, G, m0, n, next); break;
     }
   };
   auto micro1 = [&](int64_t mc, int64_t m0, int64_t n) {
-    for (int64_t i = 0; i < mc; ++i) micro_i8<1, 1>(xp, x16p, xs, qp, sp, bp, yp, K, N, m0 + i, n, -1);
+    for (int64_t i = 0; i < mc; ++i) micro_i8<1, 1>(xp, x16p, xs, qp, sp, bp, yp, K, N, G, m0 + i, n, -1);
   };
   const int64_t tiles = (N + kTileN - 1) / kTileN;
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
@@ -205,7 +280,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
       // hardware prefetcher follows (1.5x the bandwidth of 4 interleaved rows on Zen 4). More input rows are
       // compute-bound and share each unpacked weight vector across 4 weight rows instead.
       if (M == 1) {
-        for (int64_t n = n0; n < n1; ++n) micro_i8<1, 1, true>(xp, x16p, xs, qp, sp, bp, yp, K, N, 0, n, -1);
+        for (int64_t n = n0; n < n1; ++n) micro_i8<1, 1, true>(xp, x16p, xs, qp, sp, bp, yp, K, N, G, 0, n, -1);
       } else {
         walk_tile<NC>(M, N, n0, n1, micro, micro1);
       }
@@ -217,7 +292,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
                           int64_t group_size, c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kByte, "bf16 x and uint8 packed weight expected");
-  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && mins.scalar_type() == at::kBFloat16, "bf16 scales expected");
+  TORCH_CHECK(scales.scalar_type() == mins.scalar_type(), "int4: scales and mins must have one dtype");
   const int64_t G = group_size;
   TORCH_CHECK(G >= 32 && (G & (G - 1)) == 0, "group size must be a power of two >= 32");
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == 2 * q.size(1), "shape mismatch");
@@ -237,8 +312,7 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
   auto y = torch::empty({M, N}, x.options());
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const auto* qp = q.data_ptr<uint8_t>();
-  const auto* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
-  const auto* mp = reinterpret_cast<const uint16_t*>(mins.data_ptr<at::BFloat16>());
+  const Scales sp = scales_of(scales), mp = scales_of(mins);
   const float* xs = xsum.data();
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   auto* yp = y.data_ptr<at::BFloat16>();
@@ -277,15 +351,15 @@ torch::Tensor int8_dequantize(torch::Tensor q, torch::Tensor scale) {
   TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.size(1) % 32 == 0, "int8 [N, K] expected");
   q = q.contiguous();
   auto sc = scale.to(at::kFloat).contiguous();
-  const int64_t N = q.size(0), K = q.size(1);
+  const int64_t N = q.size(0), K = q.size(1), G = int8_group(sc, N, K), ng = K / G;
   auto w = torch::empty({N, K}, q.options().dtype(at::kBFloat16));
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = sc.data_ptr<float>();
   auto* wp = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      const __m512 s = _mm512_set1_ps(sp[n]);
       for (int64_t k = 0; k < K; k += 32) {
+        const __m512 s = _mm512_set1_ps(sp[n * ng + k / G]);
         const int8_t* p = qp + n * K + k;
         const __m512 lo = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
         const __m512 hi = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))));
@@ -298,7 +372,6 @@ torch::Tensor int8_dequantize(torch::Tensor q, torch::Tensor scale) {
 
 torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tensor mins, int64_t group_size) {
   TORCH_CHECK(q.scalar_type() == at::kByte && q.dim() == 2, "uint8 [N, K/2] expected");
-  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && mins.scalar_type() == at::kBFloat16, "bf16 scales expected");
   q = q.contiguous();
   auto sc = scales.to(at::kFloat).contiguous();
   auto mn = mins.to(at::kFloat).contiguous();
@@ -330,14 +403,4 @@ torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tens
     }
   });
   return w;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_linear", &int8_linear, "y = x @ (q * scale).T + bias (bf16 x, int8 per-row weight)", py::arg("x"),
-        py::arg("q"), py::arg("scale"), py::arg("bias") = py::none());
-  m.def("int4_linear", &int4_linear, "y = x @ (q * scale + min).T + bias (bf16 x, int4 group-wise weight)",
-        py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("mins"), py::arg("group_size"),
-        py::arg("bias") = py::none());
-  m.def("int8_dequantize", &int8_dequantize, "int8 per-row weight -> bf16");
-  m.def("int4_dequantize", &int4_dequantize, "int4 group-wise weight -> bf16");
 }
