@@ -41,8 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workloads", default="A,B,C,E,F",
-                   help="comma-separated subset of A,B,C,E,F (default: all); 'none' with --profile to only profile")
+    p.add_argument("--workloads", default="A,B,C,E,F,G,Q",
+                   help="comma-separated subset of A,B,C,E,F,G,Q (default: all); 'none' with --profile to only "
+                        "profile")
     p.add_argument("--threads", default=None,
                    help="torch thread counts to sweep, e.g. 1,2 (default: torch's default, all cores)")
     p.add_argument("--quick", action="store_true",
@@ -65,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gguf", type=Path, nargs="+", default=[],
                    help="GGUF exports of the checkpoint (bf16, and q8_0 for reference; see make_gguf.py): one "
                         "llama.cpp row each in C, if llama-cpp-python is installed")
+    p.add_argument("--llama-cpp-bin", type=Path, default=None,
+                   help="directory with llama.cpp's llama-batched-bench: llama.cpp rows in G and Q (README)")
+    p.add_argument("--vllm-python", type=Path, default=None,
+                   help="python of a separate virtual environment with vLLM (it pins its own dependencies): a "
+                        "vLLM row in A")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG chart")
     args = p.parse_args(argv)
     args.workload_list = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_cache_memory=int(args.kv_cache_gib * (1 << 30)) if args.kv_cache_gib else None,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         hf_cb_max_batch_tokens=args.hf_cb_max_batch_tokens, skip_hf=args.skip_hf, gguf=args.gguf,
+        llama_cpp_bin=args.llama_cpp_bin, vllm_python=args.vllm_python,
     )
     ctx = Ctx(ckpt=ckpt, shape=shape, sizes=QUICK if args.quick else FULL, opts=opts, console=console)
     results: list[WorkloadResult] = []

@@ -306,6 +306,27 @@ def vllm_run(ckpt: Path, threads: int, prompts: list[list[int]], out_lens: list[
     return BatchRun(elapsed=elapsed, output_tokens=sum(len(t) for t in token_ids), token_ids=token_ids)
 
 
+def vllm_subprocess_run(python: Path, ckpt: Path, threads: int, prompts: list[list[int]],
+                        out_lens: list[int]) -> BatchRun:
+    """The same batch through vLLM installed in its own virtual environment (`vllm_worker.py` run by `python`)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"prompts": prompts, "out_lens": out_lens}, f)
+    worker = Path(__file__).with_name("vllm_worker.py")
+    r = subprocess.run([str(python), str(worker), "--model", str(ckpt), "--threads", str(threads),
+                        "--requests", f.name], capture_output=True, text=True, timeout=3600)
+    Path(f.name).unlink(missing_ok=True)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("VLLM_RESULT ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"vLLM worker failed ({r.returncode}): {(r.stderr or r.stdout)[-600:]}")
+    out = json.loads(line.removeprefix("VLLM_RESULT "))
+    ids = out["token_ids"]
+    return BatchRun(elapsed=out["elapsed"], output_tokens=sum(len(t) for t in ids), token_ids=ids)
+
+
 GGUF_FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 32: "BF16"}  # llama.cpp's LLAMA_FTYPE_* (the ones we export)
 
 

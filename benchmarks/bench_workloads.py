@@ -49,7 +49,9 @@ from bench_runners import (
     gguf_file_type,
     llama_cpp_decode,
     vllm_run,
+    vllm_subprocess_run,
 )
+from bench_workloads_gguf import workload_g, workload_q
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -80,6 +82,8 @@ class Options:
     hf_cb_max_batch_tokens: int | None = None
     skip_hf: bool = False
     gguf: list[Path] = field(default_factory=list)
+    llama_cpp_bin: Path | None = None  # a directory with llama.cpp's llama-batched-bench (G, Q)
+    vllm_python: Path | None = None  # the python of a virtual environment with vLLM (A)
 
 
 @dataclass
@@ -257,10 +261,13 @@ def _throughput_workload(ctx: Ctx, key: str, title: str, prompts: list[list[int]
     except Exception as exc:
         pre[HF_GEN] = failed(HF_GEN, exc) if not ctx.opts.skip_hf else skipped(HF_GEN, "--skip-hf")
         pre[HF_CB] = EngineResult(HF_CB, pre[HF_GEN].status, pre[HF_GEN].note)
-    if module_available("vllm"):
+    if ctx.opts.vllm_python is not None:
+        runners[VLLM] = timed(VLLM, lambda p: vllm_subprocess_run(ctx.opts.vllm_python, ctx.ckpt, ctx.threads,
+                                                                  prompts, out_lens), len(prompts))
+    elif module_available("vllm"):
         runners[VLLM] = timed(VLLM, lambda p: vllm_run(ctx.ckpt, ctx.threads, prompts, out_lens), len(prompts))
     else:
-        pre[VLLM] = skipped(VLLM, "skipped: not installed")
+        pre[VLLM] = skipped(VLLM, "skipped: not installed (--vllm-python runs it from its own environment)")
     pre[LLAMA_CPP] = skipped(LLAMA_CPP, "skipped: not installed" if not module_available("llama_cpp")
                              else "skipped: llama-cpp-python has no batched multi-sequence API (see C)")
 
@@ -294,6 +301,8 @@ def workload_a(ctx: Ctx) -> WorkloadResult:
         {"requests": s.a_requests, "prompt": s.a_prompt, "output": s.a_output, "seed": 1})
     r = res.ratios.get(f"ours / {HF_GEN}")
     res.checks.append(Check("A throughput vs HF generate", ">= 2.5x", _x(r), None if r is None else r >= 2.5))
+    v = res.ratios.get(f"ours / {VLLM}")
+    res.checks.append(Check("A throughput vs vLLM-CPU", ">= 1.3x", _x(v), None if v is None else v >= 1.3))
     hf = res.engine(HF_GEN)
     if hf is not None and hf.ok:
         # What this CPU allows at all: the workload's matmuls alone, at the best bf16 matmul rate measured now.
@@ -620,7 +629,8 @@ def workload_f(ctx: Ctx) -> WorkloadResult:
 
 
 WORKLOADS: dict[str, Callable[[Ctx], WorkloadResult]] = {
-    "A": workload_a, "B": workload_b, "C": workload_c, "E": workload_e, "F": workload_f,
+    "A": workload_a, "B": workload_b, "C": workload_c, "E": workload_e, "F": workload_f, "G": workload_g,
+    "Q": workload_q,
 }
 
 

@@ -104,10 +104,11 @@ def gguf_files(hf_dirs, tmp_path_factory) -> dict[tuple[str, str], Path]:
 def test_logits_match_transformers_gguf_loader(gguf_files, arch, qtype):
     path = gguf_files[arch, qtype]
     ids = torch.randint(0, 500, (2, 11), generator=torch.Generator().manual_seed(0))
-    ours = load_gguf_model(path, torch.float32)
+    ours = load_gguf_model(path, torch.float32, quantized=True)  # quantized layers in fp32: the torch path
     with torch.no_grad():
         got, ref = ours(ids), _hf_gguf_model(path)(ids).logits
-    assert (got - ref).abs().max().item() < FP32_LOGIT_TOL
+        dense = load_gguf_model(path, torch.float32)(ids)  # float32 default: dequantized at load
+    assert (got - ref).abs().max().item() < FP32_LOGIT_TOL and (dense - ref).abs().max().item() < FP32_LOGIT_TOL
     native = [m for m in ours.modules() if isinstance(m, QuantLinear)]
     if qtype in NATIVE:  # kept in the file's format: 4 linears per layer plus the (tied) head
         assert len(native) == 4 * ours.config.num_layers + 1
@@ -181,7 +182,7 @@ def test_k_quant_files_match_transformers(hf_dirs, tmp_path, mix):
                                   num_attention_heads=4, num_key_value_heads=2)
     path = _raw_quant_file(tmp_path / "kq.gguf", mix, src)
     ids = torch.randint(0, 500, (1, 9), generator=torch.Generator().manual_seed(1))
-    ours = load_gguf_model(path, torch.float32)
+    ours = load_gguf_model(path, torch.float32, quantized=True)
     with torch.no_grad():
         got, ref = ours(ids), _hf_gguf_model(path)(ids).logits
     assert (got - ref).abs().max().item() < FP32_LOGIT_TOL * max(1.0, ref.abs().max().item())

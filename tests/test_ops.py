@@ -151,7 +151,9 @@ def test_native_rope_is_bit_identical_to_torch_reference(d):
 
 @needs_kernel
 @pytest.mark.parametrize("n,L,hq,hkv,d", [(128, 128, 16, 8, 64), (37, 100, 4, 2, 32), (5, 5, 2, 1, 128),
-                                          (1, 17, 4, 4, 64), (300, 300, 6, 2, 96)])
+                                          (1, 17, 4, 4, 64), (300, 300, 6, 2, 96),
+                                          # several 256-key tiles: chunks after a long cached context
+                                          (700, 700, 9, 3, 64), (100, 1300, 4, 1, 64), (3, 600, 16, 16, 32)])
 def test_prefill_attention_matches_float64_reference(n, L, hq, hkv, d):
     """Causal attention of n queries at the end of an L-token context (L > n: a later chunk of the prompt,
     or a prompt after a cached prefix)."""

@@ -310,4 +310,9 @@ def test_builtin_recipe_end_to_end_at_smoke_size(tmp_path):
     assert "## Sample outputs" in card and stats["parameters"] > 0 and stats["val_ppl_pretrain_data"] > 1
     assert json.loads((final / "config.json").read_text())["torch_dtype"] == "bfloat16"
     # Stages are resumable: a second run reuses every finished stage.
-    assert all((tmp_path / "work" / s / ".done").is_file() for s in ["corpus", "tokenizer", "data", "pretrain", "sft"])
+    assert all((tmp_path / "work" / s / ".done").is_file()
+               for s in ["corpus", "tokenizer", "data", "pretrain", "sft", "teacher", "distill"])
+    # Distillation: both candidates measured on the same held-out sets, the better one shipped, figures in the card.
+    assert set(stats["candidates"]) == {"chat fine-tuned", "distilled"}
+    assert stats["shipped"] in stats["candidates"] and "## Distillation" in card
+    assert all("teacher_rouge_l" in c and "task_exact_match" in c for c in stats["candidates"].values())

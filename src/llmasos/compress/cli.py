@@ -18,7 +18,7 @@ def _weights_bytes(model_dir: Path) -> int:
 
 @compress_app.command("quantize")
 def quantize(
-    model: Annotated[str, typer.Option("--model", "-m", help="HF model directory or hub name")],
+    model: Annotated[str, typer.Option("--model", "-m", help="HF model directory or hub name, a GGUF file, or builtin")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the quantized model to")],
     bits: Annotated[int, typer.Option(help="8 (per-channel, symmetric) or 4 (group-wise, asymmetric)")] = 8,
     group_size: Annotated[int, typer.Option("--group-size", help="int4 only: inputs per scale (32, 64, 128)")] = 128,
@@ -87,7 +87,7 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (
 
 @compress_app.command("distill")
 def distill(
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher: HF model directory or hub name")],
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher: HF model directory or hub name, a GGUF file, or builtin")],
     data: Annotated[Path, typer.Option("--data", help="Prepared dataset directory (llmasos train prepare)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the student to")],
     layers: Annotated[int | None, typer.Option("--layers", help="Student depth (layers spread evenly)")] = None,
@@ -133,7 +133,7 @@ def _depth(model_dir: Path) -> int:
 
 @compress_app.command("prune")
 def prune(
-    model: Annotated[str, typer.Option("--model", "-m", help="HF model directory or hub name")],
+    model: Annotated[str, typer.Option("--model", "-m", help="HF model directory or hub name, a GGUF file, or builtin")],
     calib: Annotated[Path, typer.Option("--calib", help="Prepared dataset: calibration, recovery and eval data")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the pruned model to")],
     method: Annotated[str, typer.Option(help="magnitude | wanda (zeroed weights) | structured (smaller layers)")

@@ -49,7 +49,7 @@ def _read_parallel(hyp: Path, refs: list[Path]) -> tuple[list[str], list[list[st
 
 @eval_app.command("ppl")
 def ppl(
-    model: Annotated[str, typer.Option("--model", "-m", help="HF model directory or hub name")],
+    model: Annotated[str, typer.Option("--model", "-m", help="HF model directory or hub name, a GGUF file, or builtin")],
     data: Annotated[Path, typer.Option("--data", help=".txt (one text per non-empty line) or .jsonl ('text' field)")],
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     max_length: Annotated[int | None, typer.Option("--max-length", help="Window size (default: model context)")] = None,

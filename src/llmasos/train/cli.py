@@ -158,13 +158,28 @@ def builtin(
     wordnet: Annotated[str | None, typer.Option(help="WordNet dict directory (default: /usr/share/wordnet)")] = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="A minutes-long shrink to check the pipeline")] = False,
-    install: Annotated[bool, typer.Option("--install", help="Copy the result into the package as the default")] = False,
+    install: Annotated[bool, typer.Option("--install", help="Copy the result into the package as 'builtin'")] = False,
+    distill: Annotated[bool, typer.Option("--distill/--no-distill",
+                                          help="Distil the teacher's replies and ship the better model")] = True,
+    teacher: Annotated[str | None, typer.Option(help="Teacher model (default: the default model, SmolLM2)")] = None,
+    from_model: Annotated[Path | None, typer.Option(
+        "--from-model", help="Skip pre-training and chat fine-tuning: start from this trained chat model (e.g. "
+                             "src/llmasos/builtin/model) and run distillation and packaging")] = None,
 ) -> None:
-    """Rebuild the built-in model from scratch: corpus, tokenizer, pre-training, chat fine-tuning, model card."""
+    """Rebuild the built-in model from scratch: corpus, tokenizer, pre-training, chat fine-tuning, distillation
+    from a teacher, model card."""
+    from dataclasses import replace
+
     from llmasos.train.recipes.builtin import BuiltinRecipe, run_builtin
 
+    recipe = BuiltinRecipe.smoke() if smoke else BuiltinRecipe()
+    recipe = replace(recipe, teacher=teacher) if distill else replace(recipe, distill_prompts=0)
     try:
-        final = run_builtin(out, BuiltinRecipe.smoke() if smoke else BuiltinRecipe(), wordnet, threads)
+        if from_model is not None:
+            from llmasos.train.recipes.builtin import seed_from_model
+
+            seed_from_model(out, from_model)
+        final = run_builtin(out, recipe, wordnet, threads)
     except (ValueError, OSError, MemoryError) as exc:
         raise _fail(exc) from exc
     if install:

@@ -89,12 +89,13 @@ def _common(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
 def load_gguf_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                     quantized: bool | None = None) -> DecoderLM:
     """The model in a GGUF file. `quantized`: keep Q8_0 / Q4_0 / Q4_1 / Q4_K weights in their format and run
-    them with our kernels (default on CPU); False dequantizes everything to `dtype`."""
+    them with our kernels (default for bf16 on CPU, where those kernels run); False dequantizes everything to
+    `dtype` (the default elsewhere: float32 evaluation, GPUs)."""
     f = open_gguf(path)
     cfg = ModelConfig.from_hf(f.hf_config())
     device = torch.device(device)
     if quantized is None:
-        quantized = device.type == "cpu"
+        quantized = device.type == "cpu" and dtype == torch.bfloat16
     tensors = f.tensors
     for t in tensors.values():
         check_type(t.qtype, t.name)

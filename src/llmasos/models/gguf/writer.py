@@ -104,7 +104,21 @@ def _add(w: GGUFWriter, name: str, data: np.ndarray, target: GGMLQuantizationTyp
 
 
 def _add_tokenizer(w: GGUFWriter, model_dir: Path, cfg: ModelConfig) -> None:
-    """A byte-level BPE `tokenizer.json` as llama.cpp's `gpt2` vocabulary."""
+    """A byte-level BPE `tokenizer.json` as llama.cpp's `gpt2` vocabulary (a placeholder vocabulary of distinct
+    tokens where the checkpoint has no tokenizer, e.g. the benchmarks' models, which are fed token ids)."""
+    if not (model_dir / "tokenizer.json").is_file():
+        # SentencePiece-style: llama.cpp wants merges for a byte-level vocabulary and byte tokens for this one.
+        tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+        tokens += [f"<t{i}>" for i in range(len(tokens), cfg.vocab_size)]
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens[: cfg.vocab_size])
+        w.add_token_types(([2, 3, 3] + [6] * 256 + [1] * cfg.vocab_size)[: cfg.vocab_size])
+        w.add_token_scores([0.0] * cfg.vocab_size)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(False)
+        return
     spec = json.loads((model_dir / "tokenizer.json").read_text())
     if spec["model"]["type"] != "BPE":
         raise ValueError("only byte-level BPE tokenizers are written")

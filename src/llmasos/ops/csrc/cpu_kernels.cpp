@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <omp.h>
 #include <vector>
 
 namespace {
@@ -46,6 +47,10 @@ inline __m512 exp_ps(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
   return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 lanes16(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
 }
 
 inline float bf16_to_float(uint16_t v) {
@@ -104,6 +109,11 @@ void tile(const uint16_t* x, const uint16_t* w, const at::BFloat16* bias, at::BF
 }
 
 }  // namespace
+
+void bf16_linear_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, const at::BFloat16* bias,
+                      at::BFloat16* y, int64_t N, int64_t n0, int64_t n1) {
+  tile(x, w, bias, y, M, K, N, n0, n1);
+}
 
 torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16, "bf16 tensors expected");
@@ -194,6 +204,79 @@ void weighted_v(const uint16_t* const* vrow, int64_t n, int64_t off, const float
 
 }  // namespace
 
+// One sequence's tokens [t0, t1) for all query heads (see paged_decode_attention): per head the chunk's max
+// score pm, exp-sum ps and unnormalised weighted V sum pa [Hq, D]. `table` is the sequence's block table.
+void decode_attention_chunk(const uint16_t* qb, const uint16_t* kp, const uint16_t* vp, const int64_t* table,
+                            int64_t bs, int64_t t0, int64_t t1, int64_t Hq, int64_t Hkv, int64_t D, float fscale,
+                            float* pm, float* ps, float* pa, std::vector<float>& scores,
+                            std::vector<const uint16_t*>& vrow) {
+  const int64_t n = t1 - t0, G = Hq / Hkv, row = Hkv * D;  // row: elements between consecutive tokens of a block
+  scores.resize(Hq * n);  // token-major: [t][head]
+  vrow.resize(n);
+  // Pass 1: scores, 16 heads at a time reduced together (one 16x16 transpose-add instead of 16 horizontal sums).
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t slot = table[t / bs] * bs + t % bs;
+    const uint16_t* kt = kp + slot * row;
+    vrow[t - t0] = vp + slot * row;
+    // Pass 2 walks V one KV head at a time (a strided walk): fetch this token's V row into L2 now, while pass 1
+    // streams through K.
+    for (int64_t e = 0; e < row; e += 32) _mm_prefetch(reinterpret_cast<const char*>(vrow[t - t0] + e), _MM_HINT_T1);
+    float* st = scores.data() + (t - t0) * Hq;
+    int64_t h = 0;
+    for (; h + 16 <= Hq; h += 16) {
+      __m512 acc[16];
+      for (int i = 0; i < 16; ++i) acc[i] = dot_bf16(qb + (h + i) * D, kt + ((h + i) / G) * D, D);
+      _mm512_storeu_ps(st + h, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(fscale)));
+    }
+    for (; h < Hq; ++h) st[h] = _mm512_reduce_add_ps(dot_bf16(qb + h * D, kt + (h / G) * D, D)) * fscale;
+  }
+  // Exponentiate against this chunk's max, 16 heads per vector, in fp32.
+  for (int64_t h0 = 0; h0 < Hq; h0 += 16) {
+    const __mmask16 mk = Hq - h0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (Hq - h0)) - 1);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < n; ++i) mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(mk, scores.data() + i * Hq + h0));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; ++i) {
+      float* si = scores.data() + i * Hq + h0;
+      const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, si), mx));
+      _mm512_mask_storeu_ps(si, mk, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    _mm512_mask_storeu_ps(pm + h0, mk, mx);
+    _mm512_mask_storeu_ps(ps + h0, mk, sum);
+  }
+  // Pass 2: per KV head, the weighted sum of its V rows for its query heads, accumulated in registers.
+  for (int64_t hk = 0; hk < Hkv; ++hk)
+    for (int64_t g = 0; g < G; g += 2)
+      weighted_v(vrow.data(), n, hk * D, scores.data(), Hq, hk * G + g, std::min<int64_t>(2, G - g), D,
+                 pa + (hk * G + g) * D);
+}
+
+int64_t decode_attention_splits(int64_t batch, int64_t threads) {
+  return batch >= 2 * threads ? 1 : std::min<int64_t>(16, (2 * threads + batch - 1) / batch);
+}
+
+// Merge one sequence's chunks (pm/ps [splits][Hq], pa [splits][Hq][D]; empty chunks have ps = 0): rescale every
+// chunk to the common max, normalise, write bf16 out [Hq, D].
+void decode_attention_merge(const float* pm, const float* ps, const float* pa, int64_t splits, int64_t Hq, int64_t D,
+                            at::BFloat16* out) {
+  std::vector<float> o(D);
+  for (int64_t h = 0; h < Hq; ++h) {
+    float mx = -INFINITY;
+    for (int64_t c = 0; c < splits; ++c) mx = std::max(mx, pm[c * Hq + h]);
+    float sum = 0.f;
+    std::fill(o.begin(), o.end(), 0.f);
+    for (int64_t c = 0; c < splits; ++c) {
+      const int64_t i = c * Hq + h;
+      if (ps[i] == 0.f) continue;  // an empty chunk
+      const float f = std::exp(pm[i] - mx);
+      sum += ps[i] * f;
+      for (int64_t d = 0; d < D; ++d) o[d] += pa[i * D + d] * f;
+    }
+    for (int64_t d = 0; d < D; ++d) out[h * D + d] = at::BFloat16(o[d] / sum);
+  }
+}
+
 // paged_decode_attention: one query token per sequence attends to its cached K/V, read straight from the
 // block pool. Why: the torch route gathers every sequence's blocks into a padded copy before attention,
 // which at batch 64 costs more than the attention itself; here each K/V row is read once, where it lies.
@@ -214,7 +297,6 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   const int64_t bs = k_cache.size(1), Hkv = k_cache.size(2), maxb = block_tables.size(1);
   TORCH_CHECK(k_cache.size(3) == D && D % 32 == 0 && Hq % Hkv == 0, "unsupported head layout");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "cache must be contiguous");
-  const int64_t G = Hq / Hkv;
   auto out = torch::empty_like(q);
   const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
   const auto* kp = reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>());
@@ -223,10 +305,7 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   const int64_t* lp = context_lens.data_ptr<int64_t>();
   auto* op = out.data_ptr<at::BFloat16>();
   const float fscale = static_cast<float>(scale);
-  const int64_t row = Hkv * D;  // elements between consecutive tokens of one block
-
-  const int64_t threads = at::get_num_threads();
-  const int64_t splits = B >= 2 * threads ? 1 : std::min<int64_t>(16, (2 * threads + B - 1) / B);
+  const int64_t splits = decode_attention_splits(B, at::get_num_threads());
   // Per (sequence, chunk, query head): running max, exp-sum, and the unnormalised weighted V sum.
   // part_acc is written in full by every non-empty chunk before it is read (empty chunks are skipped by
   // their zero exp-sum), so it is left uninitialised: at batch 64 a zero fill would touch 256 KB per layer.
@@ -238,52 +317,13 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / splits, c = task % splits, L = lp[b];
       const int64_t chunk = (L + splits - 1) / splits;
-      const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk), n = t1 - t0;
-      if (n <= 0) continue;
-      scores.resize(Hq * n);  // token-major: [t][head]
-      vrow.resize(n);
-      const uint16_t* qb = qp + b * Hq * D;
-      // Pass 1: scores, 16 heads at a time reduced together (one 16x16 transpose-add instead of 16
-      // horizontal sums).
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t slot = tp[b * maxb + t / bs] * bs + t % bs;
-        const uint16_t* kt = kp + slot * row;
-        vrow[t - t0] = vp + slot * row;
-        // Pass 2 walks V one KV head at a time (a strided walk): fetch this token's V row into L2 now,
-        // while pass 1 streams through K.
-        for (int64_t e = 0; e < row; e += 32) _mm_prefetch(reinterpret_cast<const char*>(vrow[t - t0] + e), _MM_HINT_T1);
-        float* st = scores.data() + (t - t0) * Hq;
-        int64_t h = 0;
-        for (; h + 16 <= Hq; h += 16) {
-          __m512 acc[16];
-          for (int i = 0; i < 16; ++i) acc[i] = dot_bf16(qb + (h + i) * D, kt + ((h + i) / G) * D, D);
-          _mm512_storeu_ps(st + h, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(fscale)));
-        }
-        for (; h < Hq; ++h) st[h] = _mm512_reduce_add_ps(dot_bf16(qb + h * D, kt + (h / G) * D, D)) * fscale;
-      }
-      // Exponentiate against this chunk's max, 16 heads per vector, in fp32.
+      const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk);
+      if (t1 <= t0) continue;
       float* pm = part_m.data() + task * Hq;
       float* ps = part_s.data() + task * Hq;
-      for (int64_t h0 = 0; h0 < Hq; h0 += 16) {
-        const __mmask16 mk = Hq - h0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (Hq - h0)) - 1);
-        __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (int64_t i = 0; i < n; ++i) mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(mk, scores.data() + i * Hq + h0));
-        __m512 sum = _mm512_setzero_ps();
-        for (int64_t i = 0; i < n; ++i) {
-          float* si = scores.data() + i * Hq + h0;
-          const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, si), mx));
-          _mm512_mask_storeu_ps(si, mk, e);
-          sum = _mm512_add_ps(sum, e);
-        }
-        _mm512_mask_storeu_ps(pm + h0, mk, mx);
-        _mm512_mask_storeu_ps(ps + h0, mk, sum);
-      }
-      // Pass 2: per KV head, the weighted sum of its V rows for its query heads, accumulated in registers.
       float* pa = part_acc.get() + task * Hq * D;
-      for (int64_t hk = 0; hk < Hkv; ++hk)
-        for (int64_t g = 0; g < G; g += 2)
-          weighted_v(vrow.data(), n, hk * D, scores.data(), Hq, hk * G + g, std::min<int64_t>(2, G - g), D,
-                     pa + (hk * G + g) * D);
+      decode_attention_chunk(qp + b * Hq * D, kp, vp, tp + b * maxb, bs, t0, t1, Hq, Hkv, D, fscale, pm, ps, pa,
+                             scores, vrow);
       if (splits == 1) {  // the whole sequence in one task: normalise and write out here
         at::BFloat16* ob = op + b * Hq * D;
         for (int64_t h = 0; h < Hq; ++h)
@@ -292,25 +332,9 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
     }
   });
   if (splits == 1) return out;
-  // Merge the chunks of each sequence: rescale every chunk to the common max.
-  std::vector<float> o(D);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < Hq; ++h) {
-      float mx = -INFINITY;
-      for (int64_t c = 0; c < splits; ++c) mx = std::max(mx, part_m[(b * splits + c) * Hq + h]);
-      float sum = 0.f;
-      std::fill(o.begin(), o.end(), 0.f);
-      for (int64_t c = 0; c < splits; ++c) {
-        const int64_t i = (b * splits + c) * Hq + h;
-        if (part_s[i] == 0.f) continue;  // an empty chunk
-        const float f = std::exp(part_m[i] - mx);
-        sum += part_s[i] * f;
-        for (int64_t d = 0; d < D; ++d) o[d] += part_acc[i * D + d] * f;
-      }
-      at::BFloat16* ob = op + (b * Hq + h) * D;
-      for (int64_t d = 0; d < D; ++d) ob[d] = at::BFloat16(o[d] / sum);
-    }
-  }
+  for (int64_t b = 0; b < B; ++b)
+    decode_attention_merge(part_m.data() + b * splits * Hq, part_s.data() + b * splits * Hq,
+                           part_acc.get() + b * splits * Hq * D, splits, Hq, D, op + b * Hq * D);
   return out;
 }
 
@@ -323,6 +347,22 @@ inline __m512 silu_mul_ps(__m512 g, __m512 u) {
 
 }  // namespace
 
+// One row of silu_mul (below): h = [gate (I) | up (I)] -> out [I].
+void silu_mul_row(const uint16_t* g, int64_t I, uint16_t* o) {
+  const uint16_t* u = g + I;
+  const int64_t i16 = I - I % 16;
+  int64_t i = 0;
+  for (; i < i16; i += 16) {
+    const __m256bh r = _mm512_cvtneps_pbh(silu_mul_ps(load_bf16(g + i), load_bf16(u + i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i), (__m256i)r);
+  }
+  if (i < I) {
+    const __mmask16 mk = static_cast<__mmask16>((1u << (I - i)) - 1);
+    const __m256bh r = _mm512_cvtneps_pbh(silu_mul_ps(load_bf16_masked(g + i, mk), load_bf16_masked(u + i, mk)));
+    _mm256_mask_storeu_epi16(o + i, mk, (__m256i)r);
+  }
+}
+
 // silu_mul: SwiGLU's silu(gate) * up on the fused gate|up projection [M, 2I] -> [M, I], in one pass with
 // fp32 math. Why: torch runs it as two bf16 ops with a [M, I] temporary in between, ~1.4 ms per layer for a
 // 1024-token prefill chunk at I = 3072 on 2 cores; one pass reads each input once and writes once.
@@ -333,23 +373,8 @@ torch::Tensor silu_mul(torch::Tensor h) {
   auto out = torch::empty({M, I}, h.options());
   const auto* hp = reinterpret_cast<const uint16_t*>(h.data_ptr<at::BFloat16>());
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int64_t i16 = I - I % 16;
   at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(I, 1)), [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const uint16_t* g = hp + m * 2 * I;
-      const uint16_t* u = g + I;
-      uint16_t* o = op + m * I;
-      int64_t i = 0;
-      for (; i < i16; i += 16) {
-        const __m256bh r = _mm512_cvtneps_pbh(silu_mul_ps(load_bf16(g + i), load_bf16(u + i)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i), (__m256i)r);
-      }
-      if (i < I) {
-        const __mmask16 mk = static_cast<__mmask16>((1u << (I - i)) - 1);
-        const __m256bh r = _mm512_cvtneps_pbh(silu_mul_ps(load_bf16_masked(g + i, mk), load_bf16_masked(u + i, mk)));
-        _mm256_mask_storeu_epi16(o + i, mk, (__m256i)r);
-      }
-    }
+    for (int64_t m = begin; m < end; ++m) silu_mul_row(hp + m * 2 * I, I, op + m * I);
   });
   return out;
 }
@@ -360,6 +385,32 @@ inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }  // 
 inline __m512 round_bf16(__m512 v) { return load_bf16_from(to_bf16(v)); }
 
 }  // namespace
+
+// One row of rms_norm (below): out = weight * bf16(x * rsqrt(mean(x^2) + eps)); with a residual, x is first
+// replaced by bf16(x + residual), written to `sum`.
+void rms_norm_row(const uint16_t* xr, const uint16_t* rr, const uint16_t* wp, int64_t H, float feps, uint16_t* orow,
+                  uint16_t* srow) {
+  if (rr) {  // x := bf16(x + residual), the new residual stream; normalise that
+    for (int64_t i = 0; i < H; i += 16) {
+      const __mmask16 mk = H - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (H - i)) - 1);
+      const __m512 v = _mm512_add_ps(load_bf16_masked(xr + i, mk), load_bf16_masked(rr + i, mk));
+      _mm256_mask_storeu_epi16(srow + i, mk, to_bf16(v));
+    }
+    xr = srow;
+  }
+  __m512 ss = _mm512_setzero_ps();
+  for (int64_t i = 0; i < H; i += 16) {
+    const __mmask16 mk = H - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (H - i)) - 1);
+    const __m512 v = load_bf16_masked(xr + i, mk);
+    ss = _mm512_fmadd_ps(v, v, ss);
+  }
+  const __m512 r = _mm512_set1_ps(1.f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(H) + feps));
+  for (int64_t i = 0; i < H; i += 16) {
+    const __mmask16 mk = H - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (H - i)) - 1);
+    const __m512 n = round_bf16(_mm512_mul_ps(load_bf16_masked(xr + i, mk), r));
+    _mm256_mask_storeu_epi16(orow + i, mk, to_bf16(_mm512_mul_ps(load_bf16_masked(wp + i, mk), n)));
+  }
+}
 
 // rms_norm: weight * bf16(x * rsqrt(mean(x^2) + eps)) per row, with the reference implementations' two
 // roundings (normalised value to bf16, then the product with the bf16 weight). With `residual`, x is first
@@ -391,34 +442,29 @@ std::vector<torch::Tensor> rms_norm(torch::Tensor x, c10::optional<torch::Tensor
   const float feps = static_cast<float>(eps);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1));
   at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const uint16_t* xr = xp + m * H;
-      uint16_t* orow = op + m * H;
-      if (rp) {  // x := bf16(x + residual), the new residual stream; normalise that
-        uint16_t* srow = sp + m * H;
-        for (int64_t i = 0; i < H; i += 16) {
-          const __mmask16 mk = H - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (H - i)) - 1);
-          const __m512 v = _mm512_add_ps(load_bf16_masked(xr + i, mk), load_bf16_masked(rp + m * H + i, mk));
-          _mm256_mask_storeu_epi16(srow + i, mk, to_bf16(v));
-        }
-        xr = srow;
-      }
-      __m512 ss = _mm512_setzero_ps();
-      for (int64_t i = 0; i < H; i += 16) {
-        const __mmask16 mk = H - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (H - i)) - 1);
-        const __m512 v = load_bf16_masked(xr + i, mk);
-        ss = _mm512_fmadd_ps(v, v, ss);
-      }
-      const __m512 r = _mm512_set1_ps(1.f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(H) + feps));
-      for (int64_t i = 0; i < H; i += 16) {
-        const __mmask16 mk = H - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (H - i)) - 1);
-        const __m512 n = round_bf16(_mm512_mul_ps(load_bf16_masked(xr + i, mk), r));
-        _mm256_mask_storeu_epi16(orow + i, mk, to_bf16(_mm512_mul_ps(load_bf16_masked(wp + i, mk), n)));
-      }
-    }
+    for (int64_t m = begin; m < end; ++m)
+      rms_norm_row(xp + m * H, rp ? rp + m * H : nullptr, wp, H, feps, op + m * H, rp ? sp + m * H : nullptr);
   });
   if (rp) return {out, sum};
   return {out};
+}
+
+// One token of rope (below): NH heads of D values starting at x (heads contiguous), cos/sin [D], out [NH, D].
+void rope_row(const uint16_t* x, int64_t NH, int64_t D, const uint16_t* c, const uint16_t* sn, uint16_t* out) {
+  const int64_t half = D / 2;
+  for (int64_t h = 0; h < NH; ++h) {
+    const uint16_t* xr = x + h * D;
+    uint16_t* orow = out + h * D;
+    for (int64_t i = 0; i < half; i += 16) {
+      const __m512 x1 = load_bf16(xr + i), x2 = load_bf16(xr + half + i);
+      const __m512 lo = _mm512_add_ps(round_bf16(_mm512_mul_ps(x1, load_bf16(c + i))),
+                                      round_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), x2), load_bf16(sn + i))));
+      const __m512 hi = _mm512_add_ps(round_bf16(_mm512_mul_ps(x2, load_bf16(c + half + i))),
+                                      round_bf16(_mm512_mul_ps(x1, load_bf16(sn + half + i))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + i), to_bf16(lo));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + half + i), to_bf16(hi));
+    }
+  }
 }
 
 // rope: rotary embedding of x [T, heads, D] (rows may be strided, e.g. q and k inside the fused qkv output)
@@ -427,7 +473,7 @@ std::vector<torch::Tensor> rms_norm(torch::Tensor x, c10::optional<torch::Tensor
 torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && cos.scalar_type() == at::kBFloat16, "bf16 expected");
   TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2), "x [T, heads, D], rows may be strided");
-  const int64_t T = x.size(0), NH = x.size(1), D = x.size(2), half = D / 2;
+  const int64_t T = x.size(0), NH = x.size(1), D = x.size(2);
   TORCH_CHECK(D % 32 == 0, "head_dim must be a multiple of 32");
   cos = cos.reshape({T, D}).contiguous();
   sin = sin.reshape({T, D}).contiguous();
@@ -438,23 +484,7 @@ torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   const int64_t xs = x.stride(0);
   at::parallel_for(0, T, std::max<int64_t>(1, 256 / std::max<int64_t>(NH, 1)), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const uint16_t* c = cp + t * D;
-      const uint16_t* sn = snp + t * D;
-      for (int64_t h = 0; h < NH; ++h) {
-        const uint16_t* xr = xp + t * xs + h * D;
-        uint16_t* orow = op + (t * NH + h) * D;
-        for (int64_t i = 0; i < half; i += 16) {
-          const __m512 x1 = load_bf16(xr + i), x2 = load_bf16(xr + half + i);
-          const __m512 lo = _mm512_add_ps(round_bf16(_mm512_mul_ps(x1, load_bf16(c + i))),
-                                          round_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), x2), load_bf16(sn + i))));
-          const __m512 hi = _mm512_add_ps(round_bf16(_mm512_mul_ps(x2, load_bf16(c + half + i))),
-                                          round_bf16(_mm512_mul_ps(x1, load_bf16(sn + half + i))));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + i), to_bf16(lo));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + half + i), to_bf16(hi));
-        }
-      }
-    }
+    for (int64_t t = begin; t < end; ++t) rope_row(xp + t * xs, NH, D, cp + t * D, snp + t * D, op + t * NH * D);
   });
   return out;
 }
@@ -475,13 +505,14 @@ inline void score_block(const uint32_t* const* qrows, const uint32_t* kp, int64_
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(out[r], _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
 }
 
-// Up to 4 rows of P (bf16, key pairs as uint32) times V packed [key pairs][D][2], for DC*16 output columns.
+// Up to 4 rows of P (bf16, key pairs as uint32) times V packed [key pairs][D][2], for DC*16 output columns,
+// added to the fp32 output rows after scaling them by alpha (flash attention's rescale for a new running max).
 template <int R, int DC>
-inline void pv_block(const uint32_t* const* prow, const uint16_t* vp, int64_t D, int64_t npairs, const float* inv,
-                     uint16_t* const* out) {
+inline void pv_acc_block(const uint32_t* const* prow, const uint16_t* vp, int64_t D, int64_t npairs, const float* alpha,
+                         float* const* out) {
   __m512 acc[R][DC];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < DC; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int c = 0; c < DC; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(out[r] + c * 16), _mm512_set1_ps(alpha[r]));
   for (int64_t jp = 0; jp < npairs; ++jp) {
     __m512bh vv[DC];
     for (int c = 0; c < DC; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vp + (jp * D + c * 16) * 2);
@@ -491,9 +522,7 @@ inline void pv_block(const uint32_t* const* prow, const uint16_t* vp, int64_t D,
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < DC; ++c)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[r] + c * 16),
-                          to_bf16(_mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]))));
+    for (int c = 0; c < DC; ++c) _mm512_storeu_ps(out[r] + c * 16, acc[r][c]);
 }
 
 }  // namespace
@@ -502,7 +531,13 @@ inline void pv_block(const uint32_t* const* prow, const uint16_t* vp, int64_t D,
 // values k, v [L, Hkv, D] (the chunk's own, or cached context followed by the chunk: query i sits at position
 // L - n + i). Why: torch's fused CPU attention runs at 50-130 GFLOP/s here (fp32 inside); this one keeps
 // both matmuls on the bf16 dot-product instruction: scores against K packed [D/2][L][2], probabilities
-// rounded to bf16 (as flash attention does) times V packed [L/2][D][2], fp32 softmax in between.
+// rounded to bf16 (as flash attention does) times V packed [L/2][D][2].
+//
+// Flash-style tiling: a task is one KV head and a block of query positions (all their query heads as rows);
+// it walks the keys in blocks of kKeyBlock, keeping per row a running max, exp-sum and fp32 output, so the
+// working set (one key block of K and V, the block's scores) stays in L2 whatever the context length. The
+// untiled version scored every key of the context at once: past ~1k tokens its score rows and K/V left L2
+// and the gain over torch fell from 3.2x to 1.2x.
 torch::Tensor prefill_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
               "bf16 expected");
@@ -514,6 +549,7 @@ torch::Tensor prefill_attention(torch::Tensor q, torch::Tensor k, torch::Tensor 
   TORCH_CHECK(k.size(2) == D && D % 32 == 0 && Hq % Hkv == 0 && L >= n, "unsupported shapes");
   const int64_t G = Hq / Hkv, offset = L - n, P2 = D / 2;
   const int64_t Lk = (L + 15) / 16 * 16;  // keys padded to whole 16-key blocks
+  constexpr int64_t kKeyBlock = 256;      // keys per tile: K and V tiles of 32 KB each at D = 64
   auto out = torch::empty_like(q);
   const auto* q32 = reinterpret_cast<const uint32_t*>(q.data_ptr<at::BFloat16>());
   const auto* k32 = reinterpret_cast<const uint32_t*>(k.data_ptr<at::BFloat16>());
@@ -532,93 +568,116 @@ torch::Tensor prefill_attention(torch::Tensor q, torch::Tensor k, torch::Tensor 
       }
     }
   });
-  constexpr int64_t kPos = 8;  // query positions per task (times G heads = rows)
+  // Query positions per task: ~32 rows (positions x G heads) share each K/V tile; at least 4 positions.
+  const int64_t kPos = std::max<int64_t>(4, 32 / G);
   const int64_t blocks = (n + kPos - 1) / kPos;
-  at::parallel_for(0, Hkv * blocks, 1, [&](int64_t begin, int64_t end) {
+  // Causal tasks differ in cost (a later query block sees more keys): hand them out dynamically, the
+  // costliest first, so the threads finish together (a static split left one thread ~15% behind).
+  const int64_t ntasks = Hkv * blocks;
+#pragma omp parallel num_threads(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks)))
+  {
     const int64_t rows_max = kPos * G;
-    std::vector<float> S(rows_max * Lk);
-    std::vector<uint16_t> P(rows_max * Lk);
-    std::vector<float> inv(rows_max);
+    std::vector<float> S(rows_max * kKeyBlock), O(rows_max * D), m(rows_max), l(rows_max), alpha(rows_max);
+    std::vector<uint16_t> P(rows_max * kKeyBlock);
     std::vector<int64_t> visible(rows_max);
     std::vector<const uint32_t*> qr(rows_max);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t hk = task / blocks, i0 = (task % blocks) * kPos, i1 = std::min(n, i0 + kPos);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntasks; ++task) {
+      const int64_t hk = task % Hkv, i0 = (blocks - 1 - task / Hkv) * kPos, i1 = std::min(n, i0 + kPos);
       const int64_t rows = (i1 - i0) * G;
       for (int64_t r = 0; r < rows; ++r) {  // row r: position i0 + r / G, query head hk * G + r % G
         const int64_t i = i0 + r / G, h = hk * G + r % G;
         qr[r] = q32 + (i * Hq + h) * P2;
         visible[r] = offset + i + 1;
+        m[r] = -INFINITY;
+        l[r] = 0.f;
       }
-      // Scores, 4 rows x 16 keys at a time, up to the last key any row in the group may see.
-      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-        const int64_t rc = std::min<int64_t>(4, rows - r0);
-        const int64_t kend = visible[r0 + rc - 1];
-        for (int64_t jb = 0; jb < kend; jb += 16) {
-          float* so[4];
-          for (int64_t r = 0; r < rc; ++r) so[r] = S.data() + (r0 + r) * Lk + jb;
-          const uint32_t* kb = kp.data() + hk * P2 * Lk + jb;
-          switch (rc) {
-            case 1: score_block<1>(qr.data() + r0, kb, Lk, P2, scale, so); break;
-            case 2: score_block<2>(qr.data() + r0, kb, Lk, P2, scale, so); break;
-            case 3: score_block<3>(qr.data() + r0, kb, Lk, P2, scale, so); break;
-            default: score_block<4>(qr.data() + r0, kb, Lk, P2, scale, so); break;
+      std::fill(O.begin(), O.begin() + rows * D, 0.f);
+      const int64_t kend = visible[rows - 1];  // the last row sees the most keys
+      for (int64_t j0 = 0; j0 < kend; j0 += kKeyBlock) {
+        const int64_t j1 = std::min(kend, j0 + kKeyBlock);
+        // Scores, 4 rows x 16 keys at a time, up to the last key any of the 4 rows may see.
+        for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+          const int64_t rc = std::min<int64_t>(4, rows - r0);
+          const int64_t rend = std::min(j1, visible[r0 + rc - 1]);
+          for (int64_t jb = j0; jb < rend; jb += 16) {
+            float* so[4];
+            for (int64_t r = 0; r < rc; ++r) so[r] = S.data() + (r0 + r) * kKeyBlock + (jb - j0);
+            const uint32_t* kb = kp.data() + hk * P2 * Lk + jb;
+            switch (rc) {
+              case 1: score_block<1>(qr.data() + r0, kb, Lk, P2, scale, so); break;
+              case 2: score_block<2>(qr.data() + r0, kb, Lk, P2, scale, so); break;
+              case 3: score_block<3>(qr.data() + r0, kb, Lk, P2, scale, so); break;
+              default: score_block<4>(qr.data() + r0, kb, Lk, P2, scale, so); break;
+            }
+          }
+        }
+        // Online softmax: new running max per row, rescale factor for what was summed so far, probabilities
+        // (bf16) for this tile, zero past the row's last visible key up to its 4-row group's score width.
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* sr = S.data() + r * kKeyBlock;
+          uint16_t* pr = P.data() + r * kKeyBlock;
+          const int64_t cnt = std::max<int64_t>(0, std::min(j1, visible[r]) - j0);  // visible keys in the tile
+          const int64_t group_end = std::min(j1, visible[std::min(rows, (r / 4 + 1) * 4) - 1]);
+          const int64_t width = (group_end - j0 + 1) / 2 * 2;  // even: P is read in key pairs
+          if (cnt == 0) {
+            alpha[r] = 1.f;
+            for (int64_t j = 0; j < width; ++j) pr[j] = 0;
+            continue;
+          }
+          __m512 mx = _mm512_set1_ps(-INFINITY);
+          int64_t j = 0;
+          for (; j + 16 <= cnt; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(sr + j));
+          if (j < cnt) mx = _mm512_mask_max_ps(mx, lanes16(cnt - j), mx, _mm512_maskz_loadu_ps(lanes16(cnt - j), sr + j));
+          const float m_new = std::max(m[r], _mm512_reduce_max_ps(mx));
+          alpha[r] = std::exp(m[r] - m_new);  // exp(-inf) = 0 for the first tile
+          m[r] = m_new;
+          __m512 sum = _mm512_setzero_ps();
+          for (j = 0; j < cnt; j += 16) {
+            const __mmask16 mk = lanes16(cnt - j);
+            const __m512 e = _mm512_maskz_mov_ps(mk, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sr + j), _mm512_set1_ps(m_new))));
+            sum = _mm512_add_ps(sum, e);
+            _mm256_mask_storeu_epi16(pr + j, mk, to_bf16(e));
+          }
+          l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
+          for (j = cnt; j < width; ++j) pr[j] = 0;
+        }
+        // O = O * alpha + P V over this tile, 4 rows at a time, in 64- (or 32-) column passes.
+        const uint16_t* vb = vp.data() + (hk * (Lk / 2) + j0 / 2) * D * 2;
+        for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+          const int64_t rc = std::min<int64_t>(4, rows - r0);
+          const int64_t group_end = std::min(j1, visible[r0 + rc - 1]);
+          const int64_t npairs = (group_end - j0 + 1) / 2;
+          if (npairs <= 0) continue;
+          const uint32_t* pr[4];
+          for (int64_t r = 0; r < rc; ++r) pr[r] = reinterpret_cast<const uint32_t*>(P.data() + (r0 + r) * kKeyBlock);
+          const float* al = alpha.data() + r0;
+          for (int64_t d0 = 0; d0 < D; d0 += (D - d0 >= 64 ? 64 : 32)) {
+            float* o[4];
+            for (int64_t r = 0; r < rc; ++r) o[r] = O.data() + (r0 + r) * D + d0;
+            const bool wide = D - d0 >= 64;
+            switch (rc * 2 + wide) {
+              case 2: pv_acc_block<1, 2>(pr, vb + d0 * 2, D, npairs, al, o); break;
+              case 3: pv_acc_block<1, 4>(pr, vb + d0 * 2, D, npairs, al, o); break;
+              case 4: pv_acc_block<2, 2>(pr, vb + d0 * 2, D, npairs, al, o); break;
+              case 5: pv_acc_block<2, 4>(pr, vb + d0 * 2, D, npairs, al, o); break;
+              case 6: pv_acc_block<3, 2>(pr, vb + d0 * 2, D, npairs, al, o); break;
+              case 7: pv_acc_block<3, 4>(pr, vb + d0 * 2, D, npairs, al, o); break;
+              case 8: pv_acc_block<4, 2>(pr, vb + d0 * 2, D, npairs, al, o); break;
+              default: pv_acc_block<4, 4>(pr, vb + d0 * 2, D, npairs, al, o); break;
+            }
           }
         }
       }
-      // Softmax over each row's visible keys (fp32); probabilities to bf16, zero past the row's last key.
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* sr = S.data() + r * Lk;
-        uint16_t* pr = P.data() + r * Lk;
-        const int64_t m = visible[r];
-        float mx = sr[0];
-        for (int64_t j = 1; j < m; ++j) mx = std::max(mx, sr[j]);
-        float sum = 0.f;
-        int64_t j = 0;
-        for (; j + 16 <= m; j += 16) {
-          const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sr + j), _mm512_set1_ps(mx)));
-          sum += _mm512_reduce_add_ps(e);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), to_bf16(e));
-        }
-        if (j < m) {
-          const __mmask16 mk = static_cast<__mmask16>((1u << (m - j)) - 1);
-          const __m512 e = _mm512_maskz_mov_ps(mk, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sr + j), _mm512_set1_ps(mx))));
-          sum += _mm512_reduce_add_ps(e);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), to_bf16(e));
-          j += 16;
-        }
-        const int64_t pad = std::min(Lk, (visible[std::min(rows, (r / 4 + 1) * 4) - 1] + 15) / 16 * 16);
-        for (; j < pad; ++j) pr[j] = 0;
-        inv[r] = 1.f / sum;
-      }
-      // Output: P times V, 4 rows at a time, in 64- (or 32-) column passes.
-      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-        const int64_t rc = std::min<int64_t>(4, rows - r0);
-        const int64_t npairs = (visible[r0 + rc - 1] + 1) / 2;
-        const uint32_t* pr[4];
-        for (int64_t r = 0; r < rc; ++r) pr[r] = reinterpret_cast<const uint32_t*>(P.data() + (r0 + r) * Lk);
-        const uint16_t* vb = vp.data() + hk * (Lk / 2) * D * 2;
-        for (int64_t d0 = 0; d0 < D; d0 += (D - d0 >= 64 ? 64 : 32)) {
-          uint16_t* o[4];
-          for (int64_t r = 0; r < rc; ++r) {
-            const int64_t row = r0 + r, i = i0 + row / G, h = hk * G + row % G;
-            o[r] = op + (i * Hq + h) * D + d0;
-          }
-          const bool wide = D - d0 >= 64;
-          const float* iv = inv.data() + r0;
-          switch (rc * 2 + wide) {
-            case 2: pv_block<1, 2>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-            case 3: pv_block<1, 4>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-            case 4: pv_block<2, 2>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-            case 5: pv_block<2, 4>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-            case 6: pv_block<3, 2>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-            case 7: pv_block<3, 4>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-            case 8: pv_block<4, 2>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-            default: pv_block<4, 4>(pr, vb + d0 * 2, D, npairs, iv, o); break;
-          }
-        }
+      for (int64_t r = 0; r < rows; ++r) {  // normalise and write out
+        const int64_t i = i0 + r / G, h = hk * G + r % G;
+        uint16_t* orow = op + (i * Hq + h) * D;
+        const __m512 inv = _mm512_set1_ps(1.f / l[r]);
+        for (int64_t d = 0; d < D; d += 16)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + d), to_bf16(_mm512_mul_ps(_mm512_loadu_ps(O.data() + r * D + d), inv)));
       }
     }
-  });
+  }
   return out;
 }
 

@@ -10,7 +10,11 @@
 //   kind 1, int8: ours up to row_limits[1] rows, else oneDNN on the prepacked copy or the expanded weight;
 //   kind 2, int4 (with a group size): the same with row_limits[2].
 #include "kernels.h"
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <omp.h>
+#include <algorithm>
+#include <cstring>
 
 namespace {
 
@@ -44,6 +48,157 @@ torch::Tensor apply_linear(const torch::Tensor& x, const c10::optional<torch::Te
   return at::linear(x, int4_dequantize(*t[0], *t[1], *t[2], group), bias);
 }
 
+const uint16_t* u16(const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+uint16_t* u16(torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// Rows [n0, n1) of thread `tid` of `threads` for an N-row layer: whole 32-row tiles, as the kernels split them.
+std::pair<int64_t, int64_t> row_range(int64_t N, int64_t tid, int64_t threads) {
+  const int64_t tiles = (N + 31) / 32;
+  return {std::min(N, tiles * tid / threads * 32), std::min(N, tiles * (tid + 1) / threads * 32)};
+}
+
+// One stream (T = 1): the whole step in one parallel region. Each op of a layer is split across the threads
+// (matmul rows in whole tiles, attention in the same token chunks paged_decode_attention uses) or, where it is
+// a few hundred values (norms, rotary, SwiGLU, merging the attention chunks), computed by every thread into its
+// own buffer: six barriers per layer and no allocation, dispatch or thread start-up in between. Each piece is
+// the function the general path calls, so the result is the same bits.
+torch::Tensor decode_one(torch::Tensor x, const std::vector<c10::optional<torch::Tensor>>& norms,
+                         const std::vector<c10::optional<torch::Tensor>>& linears, const std::vector<int64_t>& kinds,
+                         const std::vector<double>& eps, const std::vector<torch::Tensor>& k_caches,
+                         const std::vector<torch::Tensor>& v_caches, int64_t slot, const torch::Tensor& cos,
+                         const torch::Tensor& sin, const torch::Tensor& block_table, int64_t context_len, int64_t heads,
+                         int64_t kv_heads, int64_t head_dim, double scale, const torch::Tensor& final_norm,
+                         double final_eps) {
+  const int64_t layers = static_cast<int64_t>(k_caches.size()), H = x.size(1), D = head_dim;
+  const int64_t q_width = heads * D, kv_width = kv_heads * D, qk_width = q_width + kv_width;
+  const int64_t bs = k_caches[0].size(1);
+  // Resolve every linear layer to raw pointers (and quantized layers' biases to fp32) before the threads start.
+  std::vector<LinearRow> plans(layers * kLinears);
+  std::vector<torch::Tensor> keep;  // converted biases, alive until the end
+  int64_t kmax = 0, imax = 0;
+  for (int64_t l = 0; l < layers; ++l) {
+    for (size_t j = 0; j < kLinears; ++j) {
+      const auto* t = &linears[(l * kLinears + j) * kSlots];
+      LinearRow& p = plans[l * kLinears + j];
+      p.kind = kinds[(l * kLinears + j) * 2];
+      p.G = kinds[(l * kLinears + j) * 2 + 1];
+      const torch::Tensor& w = *t[0];
+      TORCH_CHECK(w.is_contiguous(), "decode_layers: weights must be contiguous");
+      p.N = w.size(0);
+      p.K = p.kind == 2 ? 2 * w.size(1) : w.size(1);
+      p.w = w.data_ptr();
+      if (p.kind != 0) {
+        p.scales = t[1]->data_ptr();
+        p.scale_type = t[1]->scalar_type();
+        if (p.kind == 1 && t[1]->dim() == 1) p.G = p.K;  // one scale per row
+        if (p.kind == 2) p.mins = t[2]->data_ptr();
+      }
+      if (present(t[3])) {
+        if (p.kind == 0) {
+          keep.push_back(t[3]->to(at::kBFloat16).contiguous());
+          p.bias_bf16 = keep.back().data_ptr<at::BFloat16>();
+        } else {
+          keep.push_back(t[3]->to(at::kFloat).contiguous());
+          p.bias_f32 = keep.back().data_ptr<float>();
+        }
+      }
+      kmax = std::max(kmax, p.K);
+      if (j == 2) imax = std::max(imax, p.N);
+    }
+  }
+  auto opts = x.options();
+  auto out = torch::empty({1, H}, opts);
+  auto qkv = torch::empty({qk_width + kv_width}, opts);
+  auto attn = torch::empty({q_width}, opts);
+  auto o = torch::empty({H}, opts);
+  auto up = torch::empty({imax}, opts);
+  auto pending = torch::empty({H}, opts);
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits = decode_attention_splits(1, threads);
+  std::vector<float> part_m(splits * heads, -INFINITY), part_s(splits * heads, 0.f), part_a(splits * heads * D);
+  const int64_t* table = block_table.data_ptr<int64_t>();
+  const auto* cp = u16(cos);
+  const auto* sp = u16(sin);
+  const float fscale = static_cast<float>(scale);
+  std::vector<const uint16_t*> kc(layers), vc(layers);
+  std::vector<uint16_t*> kw(layers), vw(layers);
+  for (int64_t l = 0; l < layers; ++l) {
+    kc[l] = u16(k_caches[l]);
+    vc[l] = u16(v_caches[l]);
+    kw[l] = const_cast<uint16_t*>(kc[l]) + slot * kv_width;
+    vw[l] = const_cast<uint16_t*>(vc[l]) + slot * kv_width;
+  }
+  const auto* x0 = u16(x);
+  auto* qkvp = u16(qkv);
+  auto* attnp = u16(attn);
+  auto* op = u16(o);
+  auto* upp = u16(up);
+  auto* pendp = u16(pending);
+
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    // Per thread: the residual stream, the normed input, rotated q|k, SwiGLU output, kernel scratch.
+    std::vector<uint16_t> xs(x0, x0 + H), h(H), qk(qk_width), act(imax), x16(kmax);
+    std::vector<float> xsum(kmax);
+    std::vector<float> scores;
+    std::vector<const uint16_t*> vrow;
+    auto linear = [&](const LinearRow& p, const uint16_t* in, uint16_t* y) {
+      linear_row_prepare(p, in, x16.data(), xsum.data());
+      const auto [n0, n1] = row_range(p.N, tid, nt);
+      if (n0 < n1) linear_row_compute(p, in, x16.data(), xsum.data(), y, n0, n1);
+    };
+    for (int64_t l = 0; l < layers; ++l) {
+      const auto* nw = &norms[l * kNorms];
+      const LinearRow* pl = &plans[l * kLinears];
+      if (l == 0) rms_norm_row(xs.data(), nullptr, u16(*nw[0]), H, static_cast<float>(eps[3 * l]), h.data(), nullptr);
+      else rms_norm_row(pendp, xs.data(), u16(*nw[0]), H, static_cast<float>(eps[3 * l]), h.data(), xs.data());
+      linear(pl[0], h.data(), qkvp);
+#pragma omp barrier
+      const uint16_t* qk_src = qkvp;
+      if (present(nw[1])) {  // Qwen3: RMSNorm over each q and k head before the rotation
+        const float qe = static_cast<float>(eps[3 * l + 2]);
+        for (int64_t i = 0; i < heads; ++i) rms_norm_row(qkvp + i * D, nullptr, u16(*nw[1]), D, qe, qk.data() + i * D, nullptr);
+        for (int64_t i = 0; i < kv_heads; ++i)
+          rms_norm_row(qkvp + q_width + i * D, nullptr, u16(*nw[2]), D, qe, qk.data() + q_width + i * D, nullptr);
+        qk_src = qk.data();
+      }
+      rope_row(qk_src, heads + kv_heads, D, cp, sp, qk.data());  // in place is fine: each pair is read, then written
+      if (tid == 0) {
+        std::memcpy(kw[l], qk.data() + q_width, kv_width * sizeof(uint16_t));
+        std::memcpy(vw[l], qkvp + qk_width, kv_width * sizeof(uint16_t));
+      }
+#pragma omp barrier
+      for (int64_t c = tid; c < splits; c += nt) {
+        const int64_t chunk = (context_len + splits - 1) / splits;
+        const int64_t t0 = c * chunk, t1 = std::min(context_len, t0 + chunk);
+        if (t1 > t0)
+          decode_attention_chunk(qk.data(), kc[l], vc[l], table, bs, t0, t1, heads, kv_heads, D, fscale,
+                                 part_m.data() + c * heads, part_s.data() + c * heads, part_a.data() + c * heads * D,
+                                 scores, vrow);
+        else {  // an empty chunk, as paged_decode_attention leaves it: no max, no mass
+          std::fill(part_m.begin() + c * heads, part_m.begin() + (c + 1) * heads, -INFINITY);
+          std::fill(part_s.begin() + c * heads, part_s.begin() + (c + 1) * heads, 0.f);
+        }
+      }
+#pragma omp barrier
+      if (tid == 0) decode_attention_merge(part_m.data(), part_s.data(), part_a.data(), splits, heads, D,
+                                           reinterpret_cast<at::BFloat16*>(attnp));
+#pragma omp barrier
+      linear(pl[1], attnp, op);
+#pragma omp barrier
+      rms_norm_row(op, xs.data(), u16(*nw[3]), H, static_cast<float>(eps[3 * l + 1]), h.data(), xs.data());
+      linear(pl[2], h.data(), upp);
+#pragma omp barrier
+      silu_mul_row(upp, pl[2].N / 2, act.data());
+      linear(pl[3], act.data(), pendp);
+#pragma omp barrier
+    }
+    if (tid == 0) rms_norm_row(pendp, xs.data(), u16(final_norm), H, static_cast<float>(final_eps), u16(out), xs.data());
+  }
+  return out;
+}
+
 }  // namespace
 
 // norms: per layer [input_norm, q_norm?, k_norm?, post_attn_norm]; linears: per layer 4 x 4 slots (see above);
@@ -63,6 +218,12 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<tor
               "decode_layers: norms/linears/kinds/eps/caches do not describe the same number of layers");
   const int64_t T = x.size(0), q_width = heads * head_dim, kv_width = kv_heads * head_dim;
   const int64_t qk_width = q_width + kv_width;
+  if (T == 1 && x.is_contiguous() && !at::in_parallel_region()) {
+    auto tables = block_tables.to(at::kLong).contiguous();
+    return decode_one(x, norms, linears, kinds, eps, k_caches, v_caches, slots.item<int64_t>(), cos.reshape({-1}).contiguous(),
+                      sin.reshape({-1}).contiguous(), tables, context_lens.item<int64_t>(), heads, kv_heads, head_dim,
+                      scale, final_norm.contiguous(), final_eps);
+  }
   torch::Tensor pending;  // the last MLP output, added to the residual stream by the next norm
   for (size_t l = 0; l < layers; ++l) {
     const auto* nw = &norms[l * kNorms];

@@ -23,5 +23,36 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<tor
                             torch::Tensor sin, torch::Tensor block_tables, torch::Tensor context_lens,
                             int64_t heads, int64_t kv_heads, int64_t head_dim, double scale,
                             torch::Tensor final_norm, double final_eps);
+// -- pieces of the batch-1 decode step (decode_step.cpp runs them on its own threads) ---------------------
+void bf16_linear_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, const at::BFloat16* bias,
+                      at::BFloat16* y, int64_t N, int64_t n0, int64_t n1);
+void rms_norm_row(const uint16_t* x, const uint16_t* residual, const uint16_t* w, int64_t H, float eps, uint16_t* out,
+                  uint16_t* sum);
+void rope_row(const uint16_t* x, int64_t heads, int64_t D, const uint16_t* cos, const uint16_t* sin, uint16_t* out);
+void silu_mul_row(const uint16_t* h, int64_t I, uint16_t* out);
+int64_t decode_attention_splits(int64_t batch, int64_t threads);
+void decode_attention_chunk(const uint16_t* q, const uint16_t* k_cache, const uint16_t* v_cache, const int64_t* table,
+                            int64_t block_size, int64_t t0, int64_t t1, int64_t Hq, int64_t Hkv, int64_t D, float scale,
+                            float* pm, float* ps, float* pa, std::vector<float>& scores,
+                            std::vector<const uint16_t*>& vrow);
+void decode_attention_merge(const float* pm, const float* ps, const float* pa, int64_t splits, int64_t Hq, int64_t D,
+                            at::BFloat16* out);
+
+// One linear layer with one input row, resolved to raw pointers: kind 0 bf16 (w), 1 int8 (q, scales), 2 int4
+// (packed q, scales, mins, group G). `prepare` computes what the kernel needs of x (int8: 16 x and group
+// sums; int4: group sums) into caller-owned buffers of K values; `rows` computes outputs [n0, n1).
+struct LinearRow {
+  int64_t kind = 0, N = 0, K = 0, G = 0;
+  const void* w = nullptr;
+  const void* scales = nullptr;
+  const void* mins = nullptr;
+  at::ScalarType scale_type = at::kFloat;
+  const at::BFloat16* bias_bf16 = nullptr;  // kind 0
+  const float* bias_f32 = nullptr;          // kinds 1, 2
+};
+void linear_row_prepare(const LinearRow& p, const uint16_t* x, uint16_t* x16, float* xsum);
+void linear_row_compute(const LinearRow& p, const uint16_t* x, const uint16_t* x16, const float* xsum, uint16_t* y,
+                        int64_t n0, int64_t n1);
+
 torch::Tensor int8_dequantize(torch::Tensor q, torch::Tensor scale);
 torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tensor mins, int64_t group_size);

@@ -404,3 +404,40 @@ torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tens
   });
   return w;
 }
+
+// -- the batch-1 decode step's linear layers (see kernels.h): the same kernels and row grouping as int8_linear
+// and int4_linear at M = 1 (tile-aligned ranges keep int4's 4-row groups), so the results are the same bits.
+void linear_row_prepare(const LinearRow& p, const uint16_t* x, uint16_t* x16, float* xsum) {
+  if (p.kind == 0) return;
+  const int64_t ng = p.K / p.G;
+  std::fill(xsum, xsum + ng, 0.f);
+  for (int64_t i = 0; i < p.K; ++i) {
+    const float v = bf16_to_float(x[i]);
+    xsum[i / p.G] += v;
+    if (p.kind == 1) x16[i] = at::BFloat16(16.f * v).x;
+  }
+}
+
+void linear_row_compute(const LinearRow& p, const uint16_t* x, const uint16_t* x16, const float* xsum, uint16_t* y,
+                        int64_t n0, int64_t n1) {
+  auto* yp = reinterpret_cast<at::BFloat16*>(y);
+  if (p.kind == 0) {
+    bf16_linear_rows(x, 1, p.K, static_cast<const uint16_t*>(p.w), p.bias_bf16, yp, p.N, n0, n1);
+    return;
+  }
+  const Scales sc{p.scales, p.scale_type};
+  if (p.kind == 1) {
+    const auto* q = static_cast<const int8_t*>(p.w);
+    for (int64_t n = n0; n < n1; ++n) micro_i8<1, 1, true>(x, x16, xsum, q, sc, p.bias_f32, yp, p.K, p.N, p.G, 0, n, -1);
+    return;
+  }
+  const Scales mn{p.mins, p.scale_type};
+  const auto* q = static_cast<const uint8_t*>(p.w);
+  auto micro = [&](int64_t, int64_t m0, int64_t n, int64_t next) {
+    micro_i4<1, 4>(x, q, sc, mn, xsum, p.bias_f32, yp, p.K, p.N, p.G, m0, n, next);
+  };
+  auto micro1 = [&](int64_t, int64_t m0, int64_t n) {
+    micro_i4<1, 1>(x, q, sc, mn, xsum, p.bias_f32, yp, p.K, p.N, p.G, m0, n, -1);
+  };
+  for (int64_t t0 = n0; t0 < n1; t0 += kTileN) walk_tile<4>(1, p.N, t0, std::min(n1, t0 + kTileN), micro, micro1);
+}
