@@ -251,3 +251,53 @@ def test_foreign_quantization_methods_are_refused(llama_dir, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedModelError, match="gptq"):
         load_model(d)
+
+
+def _q8_activations(x: torch.Tensor) -> torch.Tensor:
+    """What the VNNI kernels multiply by: each 32-input block of a row rounded to int8 steps of max|x| / 127."""
+    xb = x.float().reshape(x.shape[0], -1, 32)
+    d = xb.abs().amax(-1, keepdim=True) / 127
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    return (torch.round(xb / safe) * d).reshape(x.shape).double()
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits,group,rows,k", [
+    (8, None, 1, 640), (8, None, 2, 96), (8, 32, 1, 96), (8, 32, 2, 640), (8, 64, 1, 640),  # 96: odd 32-blocks
+    (4, 32, 1, 640), (4, 32, 2, 128), (4, 64, 1, 640), (4, 128, 2, 640)])
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int8_activation_kernels_match_their_reference(bits, group, scale_dtype, rows, k):
+    """One or two rows through int8/int4 layers run the VNNI kernels: inputs rounded to int8 per 32-input block
+    (as llama.cpp does), weights exactly as stored, with any scale dtype and group size. Switched off
+    (LLMASOS_INT8_ACTIVATIONS=0) they run the bf16 kernels on the exact inputs."""
+    g = torch.Generator().manual_seed(k + rows)
+    n = 72
+    if bits == 8:
+        q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        scales = (torch.rand(n, *(() if group is None else (k // group,)), generator=g) * 0.02 + 1e-3).to(scale_dtype)
+        layer = QuantLinear.from_packed(q, scales, bias=torch.randn(n, generator=g).to(torch.bfloat16))
+    else:
+        codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+        from llmasos.ops.quant_linear import pack_int4
+
+        scales = (torch.rand(n, k // group, generator=g) * 0.02 + 1e-3).to(scale_dtype)
+        mins = (torch.randn(n, k // group, generator=g) * 0.05).to(scale_dtype)
+        layer = QuantLinear.from_packed(pack_int4(codes), scales, mins, group_size=group)
+    x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+    w = dequantize(layer, torch.float64)
+    bias = layer.bias.double() if layer.bias is not None else 0
+    ext = quant_kernels()
+    with torch.inference_mode():
+        out = layer(x).double()
+        ext.set_int8_activations(False)
+        try:
+            exact = layer(x).double()
+        finally:
+            ext.set_int8_activations(True)
+    ref = _q8_activations(x) @ w.t() + bias
+    ref_exact = x.double() @ w.t() + bias
+    # One rounding of each output to bf16 (2^-9 relative) on top of float32 accumulation.
+    assert (out - ref).abs().max() <= 4e-3 * ref.abs().max()
+    assert (exact - ref_exact).abs().max() <= 4e-3 * ref_exact.abs().max()
+    # int8 activations cost about 1/254 of each block's largest input per term: well under 1% of the output.
+    assert (out - ref_exact).abs().max() <= 1e-2 * ref_exact.abs().max()

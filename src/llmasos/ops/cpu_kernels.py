@@ -27,10 +27,12 @@ MAX_ROWS = 4
 
 
 def _cpu_has_avx512_bf16() -> bool:
+    """AVX512-BF16 (and VNNI, which every CPU with it has: Cooper Lake and later, Zen 4 and later)."""
     try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+    return "avx512_bf16" in flags and "avx512_vnni" in flags
 
 
 def load_cpu_extension(name: str, sources: list[str], fallback: str):  # noqa: ANN201 - extension module or None
@@ -50,7 +52,7 @@ def load_cpu_extension(name: str, sources: list[str], fallback: str):  # noqa: A
             name=name,
             sources=[str(csrc / s) for s in sources],
             extra_include_paths=[str(csrc)],
-            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mf16c", "-mfma", "-fopenmp"],
+            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-mf16c", "-mfma", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
@@ -62,8 +64,14 @@ def load_cpu_extension(name: str, sources: list[str], fallback: str):  # noqa: A
 @cache
 def native_kernels():  # noqa: ANN201 - returns the compiled extension module or None
     # One module for every kernel, so the one-call decode step can run quantized layers too.
-    return load_cpu_extension("llmasos_cpu_kernels", ["cpu_kernels.cpp", "quant_kernels.cpp", "decode_step.cpp"],
-                              "native kernels unavailable, using torch's ops")
+    ext = load_cpu_extension("llmasos_cpu_kernels",
+                             ["cpu_kernels.cpp", "quant_kernels.cpp", "vnni_kernels.cpp", "decode_step.cpp"],
+                             "native kernels unavailable, using torch's ops")
+    if ext is not None:
+        # int8/int4 layers quantize their input rows to int8 (per 32 inputs, as llama.cpp does) for the VNNI
+        # kernels; LLMASOS_INT8_ACTIVATIONS=0 keeps bf16 inputs (exact activations, slower).
+        ext.set_int8_activations(os.environ.get("LLMASOS_INT8_ACTIVATIONS", "1") != "0")
+    return ext
 
 
 def bf16_inference(*tensors: torch.Tensor) -> bool:

@@ -75,7 +75,7 @@ torch::Tensor decode_one(torch::Tensor x, const std::vector<c10::optional<torch:
   // Resolve every linear layer to raw pointers (and quantized layers' biases to fp32) before the threads start.
   std::vector<LinearRow> plans(layers * kLinears);
   std::vector<torch::Tensor> keep;  // converted biases, alive until the end
-  int64_t kmax = 0, imax = 0;
+  int64_t imax = 0;
   for (int64_t l = 0; l < layers; ++l) {
     for (size_t j = 0; j < kLinears; ++j) {
       const auto* t = &linears[(l * kLinears + j) * kSlots];
@@ -102,7 +102,6 @@ torch::Tensor decode_one(torch::Tensor x, const std::vector<c10::optional<torch:
           p.bias_f32 = keep.back().data_ptr<float>();
         }
       }
-      kmax = std::max(kmax, p.K);
       if (j == 2) imax = std::max(imax, p.N);
     }
   }
@@ -139,14 +138,14 @@ torch::Tensor decode_one(torch::Tensor x, const std::vector<c10::optional<torch:
   {
     const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
     // Per thread: the residual stream, the normed input, rotated q|k, SwiGLU output, kernel scratch.
-    std::vector<uint16_t> xs(x0, x0 + H), h(H), qk(qk_width), act(imax), x16(kmax);
-    std::vector<float> xsum(kmax);
+    std::vector<uint16_t> xs(x0, x0 + H), h(H), qk(qk_width), act(imax);
+    RowScratch scratch;
     std::vector<float> scores;
     std::vector<const uint16_t*> vrow;
     auto linear = [&](const LinearRow& p, const uint16_t* in, uint16_t* y) {
-      linear_row_prepare(p, in, x16.data(), xsum.data());
+      linear_row_prepare(p, in, scratch);
       const auto [n0, n1] = row_range(p.N, tid, nt);
-      if (n0 < n1) linear_row_compute(p, in, x16.data(), xsum.data(), y, n0, n1);
+      if (n0 < n1) linear_row_compute(p, in, scratch, y, n0, n1);
     };
     for (int64_t l = 0; l < layers; ++l) {
       const auto* nw = &norms[l * kNorms];

@@ -50,9 +50,37 @@ struct LinearRow {
   const at::BFloat16* bias_bf16 = nullptr;  // kind 0
   const float* bias_f32 = nullptr;          // kinds 1, 2
 };
-void linear_row_prepare(const LinearRow& p, const uint16_t* x, uint16_t* x16, float* xsum);
-void linear_row_compute(const LinearRow& p, const uint16_t* x, const uint16_t* x16, const float* xsum, uint16_t* y,
-                        int64_t n0, int64_t n1);
+
+// One input row quantized to int8 in blocks of 32 for the VNNI kernels (vnni_kernels.cpp): q [K], and per block
+// the scale d and sum(q), padded with zeros to whole 16-block chunks.
+struct QuantRow {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> sum;
+};
+void quantize_row_q8(const uint16_t* x, int64_t K, QuantRow& out);
+void vnni_linear_rows(const QuantRow* const* xq, int64_t M, const LinearRow& p, at::BFloat16* y, int64_t ystride,
+                      int64_t n0, int64_t n1);
+torch::Tensor vnni_linear(torch::Tensor x, const LinearRow& p);
+
+// Whether int8 / int4 layers with one or two input rows (decoding a stream or two) quantize them to int8 and
+// run the VNNI kernels (default) or keep bf16 inputs and run the bf16 kernels of quant_kernels.cpp (exact
+// activations, slower at one row).
+bool int8_activations();
+void set_int8_activations(bool on);
+
+// What a kernel needs of one input row, computed once per row (`prepare`), then any output rows (`compute`).
+struct RowScratch {
+  std::vector<uint16_t> x16;  // bf16 int8 kernel: 16 x
+  std::vector<float> xsum;    // bf16 int8 / int4 kernels: group sums of x
+  QuantRow q;                 // VNNI kernels: x as int8 blocks
+};
+void linear_row_prepare(const LinearRow& p, const uint16_t* x, RowScratch& s);
+void linear_row_compute(const LinearRow& p, const uint16_t* x, const RowScratch& s, uint16_t* y, int64_t n0,
+                        int64_t n1);
+torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
+torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
+                              int64_t group_size, c10::optional<torch::Tensor> bias);
 
 torch::Tensor int8_dequantize(torch::Tensor q, torch::Tensor scale);
 torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tensor mins, int64_t group_size);

@@ -236,9 +236,17 @@ static int64_t int8_group(const torch::Tensor& scale, int64_t N, int64_t K) {
   return G;
 }
 
+static bool g_int8_activations = true;
+// Up to this many rows the VNNI kernels win (one weight row at a time, 64 multiply-adds per instruction);
+// past it the bf16 kernels, which share each unpacked weight vector across 4 weight rows, are faster.
+constexpr int64_t kVnniRows = 2;
+bool int8_activations() { return g_int8_activations; }
+void set_int8_activations(bool on) { g_int8_activations = on; }
+
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kChar, "bf16 x and int8 weight expected");
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1) && q.size(1) % 32 == 0, "shape mismatch");
+  if (g_int8_activations && x.size(0) <= kVnniRows) return int8_linear_q8a(x, q, scale, bias);
   x = x.contiguous();
   q = q.contiguous();
   scale = scale.contiguous();
@@ -296,6 +304,7 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
   const int64_t G = group_size;
   TORCH_CHECK(G >= 32 && (G & (G - 1)) == 0, "group size must be a power of two >= 32");
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == 2 * q.size(1), "shape mismatch");
+  if (g_int8_activations && x.size(0) <= kVnniRows) return int4_linear_q8a(x, q, scales, mins, group_size, bias);
   x = x.contiguous();
   q = q.contiguous();
   scales = scales.contiguous();
@@ -407,28 +416,40 @@ torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tens
 
 // -- the batch-1 decode step's linear layers (see kernels.h): the same kernels and row grouping as int8_linear
 // and int4_linear at M = 1 (tile-aligned ranges keep int4's 4-row groups), so the results are the same bits.
-void linear_row_prepare(const LinearRow& p, const uint16_t* x, uint16_t* x16, float* xsum) {
+void linear_row_prepare(const LinearRow& p, const uint16_t* x, RowScratch& s) {
   if (p.kind == 0) return;
+  if (int8_activations()) {
+    quantize_row_q8(x, p.K, s.q);
+    return;
+  }
   const int64_t ng = p.K / p.G;
-  std::fill(xsum, xsum + ng, 0.f);
+  s.xsum.assign(ng, 0.f);
+  if (p.kind == 1) s.x16.resize(p.K);
   for (int64_t i = 0; i < p.K; ++i) {
     const float v = bf16_to_float(x[i]);
-    xsum[i / p.G] += v;
-    if (p.kind == 1) x16[i] = at::BFloat16(16.f * v).x;
+    s.xsum[i / p.G] += v;
+    if (p.kind == 1) s.x16[i] = at::BFloat16(16.f * v).x;
   }
 }
 
-void linear_row_compute(const LinearRow& p, const uint16_t* x, const uint16_t* x16, const float* xsum, uint16_t* y,
-                        int64_t n0, int64_t n1) {
+void linear_row_compute(const LinearRow& p, const uint16_t* x, const RowScratch& s, uint16_t* y, int64_t n0,
+                        int64_t n1) {
   auto* yp = reinterpret_cast<at::BFloat16*>(y);
   if (p.kind == 0) {
     bf16_linear_rows(x, 1, p.K, static_cast<const uint16_t*>(p.w), p.bias_bf16, yp, p.N, n0, n1);
     return;
   }
+  if (int8_activations()) {
+    const QuantRow* row = &s.q;
+    vnni_linear_rows(&row, 1, p, yp, p.N, n0, n1);
+    return;
+  }
   const Scales sc{p.scales, p.scale_type};
+  const float* xsum = s.xsum.data();
   if (p.kind == 1) {
     const auto* q = static_cast<const int8_t*>(p.w);
-    for (int64_t n = n0; n < n1; ++n) micro_i8<1, 1, true>(x, x16, xsum, q, sc, p.bias_f32, yp, p.K, p.N, p.G, 0, n, -1);
+    for (int64_t n = n0; n < n1; ++n)
+      micro_i8<1, 1, true>(x, s.x16.data(), xsum, q, sc, p.bias_f32, yp, p.K, p.N, p.G, 0, n, -1);
     return;
   }
   const Scales mn{p.mins, p.scale_type};

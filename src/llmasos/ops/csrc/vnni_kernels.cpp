@@ -1,0 +1,249 @@
+// int8 / int4 weight x int8 activation dot products on AVX512-VNNI, for quantized matmuls of a few rows.
+//
+// Why: the bf16 route (quant_kernels.cpp) turns every 32 weights into an exact bf16 vector and runs the bf16
+// dot-product instruction, 32 multiply-adds per instruction plus the unpacking; at one row it is compute-bound
+// at about half of what the memory could deliver. Like llama.cpp, this route quantizes each input row to int8
+// in blocks of 32 (scale = max|x| / 127, round to nearest) and uses vpdpbusd, 64 multiply-adds per instruction
+// on bytes as they lie in memory. The weights are still exactly the stored ones; the activations carry a
+// relative rounding error of at most 1/254 per block.
+//
+// Per 32-input block b of an output row: y += s_b * dx_b * sum(w_q * x_q) (+ m_b * dx_b * sum(x_q) for int4,
+// whose codes are unsigned 0..15 with a minimum). vpdpbusd wants one unsigned operand: int4 codes are; int8
+// weights become w + 128 (their sign bit flipped), corrected by -128 * sum(x_q) per block. A vpdpbusd covers
+// two blocks (lanes 0-7 and 8-15); sixteen blocks' sums are reduced together with one transposition, then
+// scaled with two vector multiply-adds.
+#include "kernels.h"
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTileN = 32;  // weight rows per parallel task (as in quant_kernels.cpp)
+
+inline float bf16f(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline __mmask16 lanes16(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// 16 consecutive scales of any stored float type as fp32 lanes (lanes outside `m` zero).
+inline __m512 load_scales(const void* p, at::ScalarType t, int64_t i, __mmask16 m) {
+  const auto* h = static_cast<const uint16_t*>(p) + i;
+  switch (t) {
+    case at::kBFloat16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, h)), 16));
+    case at::kHalf: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, h));
+    default: return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
+  }
+}
+
+inline float scale_at(const void* p, at::ScalarType t, int64_t i) {
+  switch (t) {
+    case at::kBFloat16: return bf16f(static_cast<const uint16_t*>(p)[i]);
+    case at::kHalf: return _cvtsh_ss(static_cast<const uint16_t*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+// Sixteen blocks' scales of one weight row, starting at block b0: scale of block b is that of group b*32/G.
+inline __m512 block_scales(const void* p, at::ScalarType t, int64_t row_base, int64_t b0, int64_t nb, int64_t G) {
+  const __mmask16 m = lanes16(nb);
+  if (G == 32) return load_scales(p, t, row_base + b0, m);
+  if (b0 * 32 / G == (b0 + nb - 1) * 32 / G)  // all in one group (e.g. one scale per row)
+    return _mm512_maskz_mov_ps(m, _mm512_set1_ps(scale_at(p, t, row_base + b0 * 32 / G)));
+  alignas(64) float tmp[16] = {0};
+  for (int64_t j = 0; j < nb; ++j) tmp[j] = scale_at(p, t, row_base + (b0 + j) * 32 / G);
+  return _mm512_load_ps(tmp);
+}
+
+// Eight vectors of two block sums each (lanes 0-7: block 2i, lanes 8-15: block 2i+1) -> one vector with the
+// sixteen block sums in block order.
+inline __m512i block_sums(const __m512i* v) {
+  __m512i t[4], u[2];
+  for (int i = 0; i < 4; ++i)  // within 128-bit lanes: [a0+a2, b0+b2, a1+a3, b1+b3]
+    t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 2; ++i) {  // within 128-bit lanes: one sum of 4 for each of 4 vectors
+    const __m512 a = _mm512_castsi512_ps(t[2 * i]), b = _mm512_castsi512_ps(t[2 * i + 1]);
+    u[i] = _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0))),
+                            _mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2))));
+  }
+  // 128-bit lanes (0,1) of a vector hold its block 2i, (2,3) its block 2i+1: add them pairwise.
+  const __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // s holds [v0..v3 block-even | v0..v3 block-odd | v4..v7 even | v4..v7 odd]; put blocks in order.
+  const __m512i order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+  return _mm512_permutexvar_epi32(order, s);
+}
+
+}  // namespace
+
+// One input row quantized to int8 in blocks of 32 (see QuantRow in kernels.h).
+void quantize_row_q8(const uint16_t* x, int64_t K, QuantRow& out) {
+  const int64_t nb = K / 32;
+  out.q.resize(K);
+  out.d.assign(nb + 16, 0.f);  // padded to whole 16-block chunks
+  out.sum.assign(nb + 16, 0);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(x + b * 32))), 16));
+    const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(x + b * 32 + 16))), 16));
+    const float amax = std::max(_mm512_reduce_max_ps(_mm512_abs_ps(lo)), _mm512_reduce_max_ps(_mm512_abs_ps(hi)));
+    const float d = amax / 127.f;
+    const __m512 inv = _mm512_set1_ps(d > 0.f ? 1.f / d : 0.f);
+    const __m512i qlo = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(lo, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m512i qhi = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(hi, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q.data() + b * 32), _mm512_cvtsepi32_epi8(qlo));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q.data() + b * 32 + 16), _mm512_cvtsepi32_epi8(qhi));
+    out.d[b] = d;
+    out.sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+  }
+}
+
+// Rows [n0, n1) of y = x @ W.T for MC input rows (quantized), W int8 (kind 1) or packed int4 (kind 2).
+template <int MC, bool kInt4>
+static void vnni_rows(const QuantRow* const* xq, const LinearRow& p, at::BFloat16* y, int64_t ystride, int64_t n0,
+                      int64_t n1) {
+  const int64_t K = p.K, nb = K / 32, ng = K / p.G;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), nib = _mm512_set1_epi8(0x0F);
+  // For int4: one 32-byte load holds 64 codes (low nibbles: inputs 0-31, high: 32-63); broadcast it to both
+  // halves and shift the upper half's bytes right by 4.
+  const __m512i shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[MC];
+    for (int i = 0; i < MC; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+      const int64_t cnt = std::min<int64_t>(16, nb - b0);
+      __m512i part[MC][8];
+      for (int i = 0; i < MC; ++i)
+        for (int j = 0; j < 8; ++j) part[i][j] = _mm512_setzero_si512();
+      for (int64_t j = 0; 2 * j < cnt; ++j) {  // two blocks (64 inputs) per step
+        const int64_t k = (b0 + 2 * j) * 32;
+        const bool full = 2 * j + 1 < cnt;
+        __m512i w;
+        if constexpr (kInt4) {
+          const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.w) + n * (K / 2) + k / 2)));
+          w = _mm512_and_si512(_mm512_srlv_epi16(v, shifts), nib);
+        } else {
+          const auto* src = static_cast<const int8_t*>(p.w) + n * K + k;
+          w = _mm512_xor_si512(full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, src), flip);
+        }
+        for (int i = 0; i < MC; ++i) {
+          const int8_t* xs = xq[i]->q.data() + k;
+          const __m512i xv = full ? _mm512_loadu_si512(xs) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, xs);
+          part[i][j] = _mm512_dpbusd_epi32(part[i][j], w, xv);
+        }
+      }
+      const __m512 s = block_scales(p.scales, p.scale_type, n * ng, b0, cnt, p.G);
+      __m512 mn = _mm512_setzero_ps();
+      if constexpr (kInt4) mn = block_scales(p.mins, p.scale_type, n * ng, b0, cnt, p.G);
+      for (int i = 0; i < MC; ++i) {
+        const __m512 dx = _mm512_loadu_ps(xq[i]->d.data() + b0);  // zero past the last block
+        const __m512i qs = _mm512_loadu_si512(xq[i]->sum.data() + b0);
+        __m512i dots = block_sums(part[i]);
+        if constexpr (!kInt4) dots = _mm512_sub_epi32(dots, _mm512_slli_epi32(qs, 7));  // the +128 of the weights
+        acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), s), dx, acc[i]);
+        if constexpr (kInt4) acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qs), mn), dx, acc[i]);
+      }
+    }
+    for (int i = 0; i < MC; ++i) {
+      float v = _mm512_reduce_add_ps(acc[i]);
+      if (p.bias_f32) v += p.bias_f32[n];
+      y[i * ystride + n] = at::BFloat16(v);
+    }
+  }
+}
+
+void vnni_linear_rows(const QuantRow* const* xq, int64_t M, const LinearRow& p, at::BFloat16* y, int64_t ystride,
+                      int64_t n0, int64_t n1) {
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const int64_t mc = std::min<int64_t>(4, M - m0);
+    const QuantRow* const* xm = xq + m0;
+    at::BFloat16* ym = y + m0 * ystride;
+    const bool int4 = p.kind == 2;
+    switch (mc * 2 + int4) {
+      case 2: vnni_rows<1, false>(xm, p, ym, ystride, n0, n1); break;
+      case 3: vnni_rows<1, true>(xm, p, ym, ystride, n0, n1); break;
+      case 4: vnni_rows<2, false>(xm, p, ym, ystride, n0, n1); break;
+      case 5: vnni_rows<2, true>(xm, p, ym, ystride, n0, n1); break;
+      case 6: vnni_rows<3, false>(xm, p, ym, ystride, n0, n1); break;
+      case 7: vnni_rows<3, true>(xm, p, ym, ystride, n0, n1); break;
+      case 8: vnni_rows<4, false>(xm, p, ym, ystride, n0, n1); break;
+      default: vnni_rows<4, true>(xm, p, ym, ystride, n0, n1); break;
+    }
+  }
+}
+
+// The whole matmul for a few rows (the torch-facing entry point; decode_step.cpp calls the pieces itself).
+torch::Tensor vnni_linear(torch::Tensor x, const LinearRow& p) {
+  x = x.contiguous();
+  const int64_t M = x.size(0);
+  std::vector<QuantRow> rows(M);
+  std::vector<const QuantRow*> ptrs(M);
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  for (int64_t m = 0; m < M; ++m) {
+    quantize_row_q8(xp + m * p.K, p.K, rows[m]);
+    ptrs[m] = &rows[m];
+  }
+  auto y = torch::empty({M, p.N}, x.options());
+  auto* yp = y.data_ptr<at::BFloat16>();
+  const int64_t tiles = (p.N + kTileN - 1) / kTileN;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    vnni_linear_rows(ptrs.data(), M, p, yp, p.N, begin * kTileN, std::min(p.N, end * kTileN));
+  });
+  return y;
+}
+
+namespace {
+
+LinearRow quant_plan(int64_t kind, const torch::Tensor& q, const torch::Tensor& scales, const torch::Tensor* mins,
+                     int64_t group, const c10::optional<torch::Tensor>& bias, torch::Tensor& bias_f32) {
+  TORCH_CHECK(q.is_contiguous() && scales.is_contiguous() && (!mins || mins->is_contiguous()), "contiguous expected");
+  LinearRow p;
+  p.kind = kind;
+  p.N = q.size(0);
+  p.K = kind == 2 ? 2 * q.size(1) : q.size(1);
+  p.G = kind == 1 && scales.dim() == 1 ? p.K : (kind == 1 ? p.K / scales.size(1) : group);
+  TORCH_CHECK(p.K % 32 == 0 && p.G % 32 == 0 && p.K % p.G == 0, "unsupported quantized layout");
+  p.w = q.data_ptr();
+  p.scales = scales.data_ptr();
+  p.scale_type = scales.scalar_type();
+  p.mins = mins ? mins->data_ptr() : nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bias_f32 = bias->to(at::kFloat).contiguous();
+    p.bias_f32 = bias_f32.data_ptr<float>();
+  }
+  return p;
+}
+
+}  // namespace
+
+// y = x @ (q * scale).T + bias with x quantized to int8 per 32 inputs (VNNI; see the top of this file).
+torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kChar && x.dim() == 2 && x.size(1) == q.size(1),
+              "bf16 x [M, K] and int8 q [N, K] expected");
+  torch::Tensor b;
+  const LinearRow p = quant_plan(1, q.contiguous(), scale.contiguous(), nullptr, 0, bias, b);
+  return vnni_linear(x, p);
+}
+
+torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
+                              int64_t group_size, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kByte && x.dim() == 2 &&
+                  x.size(1) == 2 * q.size(1) && x.size(1) % 64 == 0 && scales.scalar_type() == mins.scalar_type(),
+              "bf16 x [M, K] and packed int4 q [N, K/2] expected");
+  torch::Tensor b;
+  const auto mn = mins.contiguous();
+  const LinearRow p = quant_plan(2, q.contiguous(), scales.contiguous(), &mn, group_size, bias, b);
+  return vnni_linear(x, p);
+}
