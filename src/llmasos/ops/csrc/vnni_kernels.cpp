@@ -13,6 +13,7 @@
 // two blocks (lanes 0-7 and 8-15); sixteen blocks' sums are reduced together with one transposition, then
 // scaled with two vector multiply-adds.
 #include "kernels.h"
+#include "simd.h"
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <algorithm>
@@ -22,46 +23,18 @@
 
 namespace {
 
+using namespace llmasos_simd;
+
 constexpr int64_t kTileN = 32;  // weight rows per parallel task (as in quant_kernels.cpp)
 
-inline float bf16f(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-inline __mmask16 lanes16(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-}
-
-// 16 consecutive scales of any stored float type as fp32 lanes (lanes outside `m` zero).
-inline __m512 load_scales(const void* p, at::ScalarType t, int64_t i, __mmask16 m) {
-  const auto* h = static_cast<const uint16_t*>(p) + i;
-  switch (t) {
-    case at::kBFloat16:
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, h)), 16));
-    case at::kHalf: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, h));
-    default: return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
-  }
-}
-
-inline float scale_at(const void* p, at::ScalarType t, int64_t i) {
-  switch (t) {
-    case at::kBFloat16: return bf16f(static_cast<const uint16_t*>(p)[i]);
-    case at::kHalf: return _cvtsh_ss(static_cast<const uint16_t*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
-  }
-}
-
 // Sixteen blocks' scales of one weight row, starting at block b0: scale of block b is that of group b*32/G.
-inline __m512 block_scales(const void* p, at::ScalarType t, int64_t row_base, int64_t b0, int64_t nb, int64_t G) {
+inline __m512 block_scales(Scales s, int64_t row_base, int64_t b0, int64_t nb, int64_t G) {
   const __mmask16 m = lanes16(nb);
-  if (G == 32) return load_scales(p, t, row_base + b0, m);
+  if (G == 32) return s.load16(row_base + b0, m);
   if (b0 * 32 / G == (b0 + nb - 1) * 32 / G)  // all in one group (e.g. one scale per row)
-    return _mm512_maskz_mov_ps(m, _mm512_set1_ps(scale_at(p, t, row_base + b0 * 32 / G)));
+    return _mm512_maskz_mov_ps(m, _mm512_set1_ps(s[row_base + b0 * 32 / G]));
   alignas(64) float tmp[16] = {0};
-  for (int64_t j = 0; j < nb; ++j) tmp[j] = scale_at(p, t, row_base + (b0 + j) * 32 / G);
+  for (int64_t j = 0; j < nb; ++j) tmp[j] = s[row_base + (b0 + j) * 32 / G];
   return _mm512_load_ps(tmp);
 }
 
@@ -144,9 +117,9 @@ static void vnni_rows(const QuantRow* const* xq, const LinearRow& p, at::BFloat1
           part[i][j] = _mm512_dpbusd_epi32(part[i][j], w, xv);
         }
       }
-      const __m512 s = block_scales(p.scales, p.scale_type, n * ng, b0, cnt, p.G);
+      const __m512 s = block_scales(Scales{p.scales, p.scale_type}, n * ng, b0, cnt, p.G);
       __m512 mn = _mm512_setzero_ps();
-      if constexpr (kInt4) mn = block_scales(p.mins, p.scale_type, n * ng, b0, cnt, p.G);
+      if constexpr (kInt4) mn = block_scales(Scales{p.mins, p.scale_type}, n * ng, b0, cnt, p.G);
       for (int i = 0; i < MC; ++i) {
         const __m512 dx = _mm512_loadu_ps(xq[i]->d.data() + b0);  // zero past the last block
         const __m512i qs = _mm512_loadu_si512(xq[i]->sum.data() + b0);
