@@ -8,11 +8,15 @@ Two formats (see `csrc/quant_kernels.cpp` for the memory layout):
   `w = q * scale[n, g] + min[n, g]`, q in 0..15, two values per byte. `quantize_model` stores them in bf16;
   GGUF's Q4_0 / Q4_1 in fp16 and Q4_K in fp32, so that every weight is exactly the file's.
 
-On CPUs with AVX512-BF16, bf16 inputs of up to `MAX_ROWS` rows (8: decode steps of a few streams) go
-to our kernels, which expand the weight chunk by chunk in registers: a step reads 1/2 or ~1/4 of the bf16 bytes. Larger inputs
-(batched decode, prefill) use oneDNN's bf16 matmul, which wins there, on a prepacked bf16 copy where the engine
-made one (`QuantLinear.prepack`), else on the weight expanded once per call by a vectorised kernel. Everything else (other dtypes, CUDA, autograd, LLMASOS_NATIVE_KERNELS=0, a failed build)
-takes the pure-torch path: dequantize, then `F.linear`. Both paths compute the same function.
+On CPUs with AVX512-BF16 (and VNNI), bf16 inputs of up to `MAX_ROWS` rows (8: decode steps of a few streams)
+go to our kernels, which never expand the weight: one or two rows are quantized to int8 per 32 inputs and
+multiplied with the stored bytes by VNNI dot products (`csrc/vnni_kernels.cpp`; LLMASOS_INT8_ACTIVATIONS=0
+keeps them bf16), 3-8 rows turn each weight chunk into exact bf16 vectors in registers. A step reads 1/2 or
+~1/4 of the bf16 bytes. Larger inputs (batched decode, prefill) use oneDNN's bf16 matmul, which wins there, on a
+prepacked bf16 copy where the engine made one (`QuantLinear.prepack`), else on the weight expanded once per call
+by a vectorised kernel. Everything else (other dtypes, CUDA, autograd, LLMASOS_NATIVE_KERNELS=0, a failed build)
+takes the pure-torch path: dequantize, then `F.linear`. Both paths compute the same function (up to the int8
+rounding of one- and two-row inputs).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from llmasos.ops.cpu_kernels import can_prepack, native_kernels, onednn_linear, 
 
 BITS = (8, 4)
 GROUP_SIZES = (32, 64, 128)
-# Up to this many rows our kernels beat expanding the weight + oneDNN (`benchmarks/bench_quant.py --kernels`).
+# Up to this many rows our kernels beat oneDNN on the expanded weight (measured on SmolLM2's and the bench
+# model's shapes: at 16 rows expanding + oneDNN was 1.6-2.4x faster than the int4 kernel).
 MAX_ROWS = {8: 8, 4: 8}
 INT4_BLOCK = 64  # inputs per packed int4 block: in_features must be a multiple of it
 

@@ -55,6 +55,7 @@ struct LinearRow {
 // the scale d and sum(q), padded with zeros to whole 16-block chunks.
 struct QuantRow {
   std::vector<int8_t> q;
+  std::vector<int8_t> q4;  // q in the int4 kernel's input order (see vnni_kernels.cpp)
   std::vector<float> d;
   std::vector<int32_t> sum;
 };

@@ -38,9 +38,14 @@ inline __m512 block_scales(Scales s, int64_t row_base, int64_t b0, int64_t nb, i
   return _mm512_load_ps(tmp);
 }
 
-// Eight vectors of two block sums each (lanes 0-7: block 2i, lanes 8-15: block 2i+1) -> one vector with the
-// sixteen block sums in block order.
-inline __m512i block_sums(const __m512i* v) {
+// Where block_sums' transposition leaves block b's sum, when vector i holds blocks (2i, 2i+1) (int8) or, in
+// pairs of vectors, (4c, 4c+2) and (4c+1, 4c+3) (int4's 128-input steps).
+constexpr int kInt8Order[16] = {0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15};
+constexpr int kInt4Order[16] = {0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15};
+
+// Eight vectors of two block sums each (lanes 0-7 and 8-15) -> one vector with the sixteen block sums in block
+// order (`order`: see above).
+inline __m512i block_sums(const __m512i* v, const int* order) {
   __m512i t[4], u[2];
   for (int i = 0; i < 4; ++i)  // within 128-bit lanes: [a0+a2, b0+b2, a1+a3, b1+b3]
     t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
@@ -52,9 +57,8 @@ inline __m512i block_sums(const __m512i* v) {
   // 128-bit lanes (0,1) of a vector hold its block 2i, (2,3) its block 2i+1: add them pairwise.
   const __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
                                      _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  // s holds [v0..v3 block-even | v0..v3 block-odd | v4..v7 even | v4..v7 odd]; put blocks in order.
-  const __m512i order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
-  return _mm512_permutexvar_epi32(order, s);
+  // s holds [v0..v3 lanes 0-7 | v0..v3 lanes 8-15 | v4..v7 lanes 0-7 | v4..v7 lanes 8-15]; put blocks in order.
+  return _mm512_permutexvar_epi32(_mm512_loadu_si512(order), s);
 }
 
 }  // namespace
@@ -80,6 +84,12 @@ void quantize_row_q8(const uint16_t* x, int64_t K, QuantRow& out) {
     out.d[b] = d;
     out.sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
   }
+  // The int4 kernel's order: in every whole 128-input chunk, inputs 0-31, 64-95, 32-63, 96-127.
+  out.q4.assign(out.q.begin(), out.q.end());
+  for (int64_t c = 0; c + 128 <= K; c += 128) {
+    std::memcpy(out.q4.data() + c + 32, out.q.data() + c + 64, 32);
+    std::memcpy(out.q4.data() + c + 64, out.q.data() + c + 32, 32);
+  }
 }
 
 // Rows [n0, n1) of y = x @ W.T for MC input rows (quantized), W int8 (kind 1) or packed int4 (kind 2).
@@ -99,22 +109,44 @@ static void vnni_rows(const QuantRow* const* xq, const LinearRow& p, at::BFloat1
       __m512i part[MC][8];
       for (int i = 0; i < MC; ++i)
         for (int j = 0; j < 8; ++j) part[i][j] = _mm512_setzero_si512();
-      for (int64_t j = 0; 2 * j < cnt; ++j) {  // two blocks (64 inputs) per step
-        const int64_t k = (b0 + 2 * j) * 32;
-        const bool full = 2 * j + 1 < cnt;
-        __m512i w;
-        if constexpr (kInt4) {
-          const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.w) + n * (K / 2) + k / 2)));
-          w = _mm512_and_si512(_mm512_srlv_epi16(v, shifts), nib);
-        } else {
-          const auto* src = static_cast<const int8_t*>(p.w) + n * K + k;
-          w = _mm512_xor_si512(full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, src), flip);
+      if constexpr (kInt4) {
+        // 128 inputs per step: one 64-byte load holds two packed 64-input blocks A and B; its low nibbles are
+        // inputs 0-31 of A and of B, its high nibbles 32-63 of each, matched by the input row's `q4` layout.
+        // part[j] then holds blocks (2j, 2j+2) and part[j+1] (2j+1, 2j+3), which kInt4Order undoes.
+        const auto* wrow = static_cast<const uint8_t*>(p.w) + n * (K / 2);
+        int64_t j = 0;
+        for (; 2 * j + 3 < cnt; j += 2) {
+          const int64_t k = (b0 + 2 * j) * 32;
+          const __m512i v = _mm512_loadu_si512(wrow + k / 2);
+          const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+          for (int i = 0; i < MC; ++i) {
+            const int8_t* xs = xq[i]->q4.data() + k;
+            part[i][j] = _mm512_dpbusd_epi32(part[i][j], lo, _mm512_loadu_si512(xs));
+            part[i][j + 1] = _mm512_dpbusd_epi32(part[i][j + 1], hi, _mm512_loadu_si512(xs + 64));
+          }
         }
-        for (int i = 0; i < MC; ++i) {
-          const int8_t* xs = xq[i]->q.data() + k;
-          const __m512i xv = full ? _mm512_loadu_si512(xs) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, xs);
-          part[i][j] = _mm512_dpbusd_epi32(part[i][j], w, xv);
+        if (2 * j < cnt) {  // a last lone 64-input block: its two 32-blocks go where the layout above puts them
+          const int64_t k = (b0 + 2 * j) * 32;
+          const __m512i w = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(wrow + k / 2))), shifts), nib);
+          for (int i = 0; i < MC; ++i) {
+            const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(xq[i]->q4.data() + k));
+            part[i][j] = _mm512_maskz_mov_epi32(0x00FF, t);
+            part[i][j + 1] = _mm512_maskz_mov_epi32(0x00FF, _mm512_shuffle_i32x4(t, t, _MM_SHUFFLE(1, 0, 3, 2)));
+          }
+        }
+      } else {
+        for (int64_t j = 0; 2 * j < cnt; ++j) {  // two blocks (64 inputs) per step
+          const int64_t k = (b0 + 2 * j) * 32;
+          const bool full = 2 * j + 1 < cnt;
+          const auto* src = static_cast<const int8_t*>(p.w) + n * K + k;
+          const __m512i w =
+              _mm512_xor_si512(full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, src), flip);
+          for (int i = 0; i < MC; ++i) {
+            const int8_t* xs = xq[i]->q.data() + k;
+            const __m512i xv = full ? _mm512_loadu_si512(xs) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, xs);
+            part[i][j] = _mm512_dpbusd_epi32(part[i][j], w, xv);
+          }
         }
       }
       const __m512 s = block_scales(Scales{p.scales, p.scale_type}, n * ng, b0, cnt, p.G);
@@ -123,7 +155,7 @@ static void vnni_rows(const QuantRow* const* xq, const LinearRow& p, at::BFloat1
       for (int i = 0; i < MC; ++i) {
         const __m512 dx = _mm512_loadu_ps(xq[i]->d.data() + b0);  // zero past the last block
         const __m512i qs = _mm512_loadu_si512(xq[i]->sum.data() + b0);
-        __m512i dots = block_sums(part[i]);
+        __m512i dots = block_sums(part[i], kInt4 ? kInt4Order : kInt8Order);
         if constexpr (!kInt4) dots = _mm512_sub_epi32(dots, _mm512_slli_epi32(qs, 7));  // the +128 of the weights
         acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), s), dx, acc[i]);
         if constexpr (kInt4) acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qs), mn), dx, acc[i]);
