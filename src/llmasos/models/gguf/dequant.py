@@ -167,10 +167,15 @@ def raw_bytes(data: np.ndarray) -> torch.Tensor:
 def dequantize(data: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, ...],
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The values of a GGUF tensor (`data` as the gguf reader returns it) as a `shape` tensor of `dtype`."""
+    return dequantize_bytes(raw_bytes(data), qtype, shape, dtype)
+
+
+def dequantize_bytes(raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, ...],
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`dequantize` on a tensor's bytes already copied out of the file (uint8, any shape)."""
     check_type(qtype)
+    raw = raw.reshape(-1)
     if qtype in FLOAT_TYPES:
-        t = raw_bytes(data).view(FLOAT_TYPES[qtype])
-        return t.reshape(shape).to(dtype)
-    block, size = GGML_QUANT_SIZES[qtype]
-    blocks = raw_bytes(data).reshape(-1, size)
-    return BLOCK_DEQUANT[qtype](blocks).reshape(shape).to(dtype)
+        return raw.view(FLOAT_TYPES[qtype]).reshape(shape).to(dtype)
+    _, size = GGML_QUANT_SIZES[qtype]
+    return BLOCK_DEQUANT[qtype](raw.reshape(-1, size)).reshape(shape).to(dtype)

@@ -16,7 +16,7 @@ from gguf.constants import GGMLQuantizationType
 from llmasos.models.config import ModelConfig
 from llmasos.models.decoder import DecoderLM, meta_model
 from llmasos.models.gguf import packing
-from llmasos.models.gguf.dequant import check_type, dequantize, raw_bytes
+from llmasos.models.gguf.dequant import check_type, dequantize, dequantize_bytes, raw_bytes
 from llmasos.models.gguf.reader import GGUFFile, GGUFTensor
 from llmasos.models.layers import RotaryEmbedding
 from llmasos.ops.quant_linear import QuantLinear
@@ -45,11 +45,10 @@ class _Rows:
     shape: tuple[int, int]  # [out, in]
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize(self.rows.numpy(), self.qtype, self.shape, dtype)
+        return dequantize_bytes(self.rows, self.qtype, self.shape, dtype)
 
 
 def _rows(t: GGUFTensor, perm: torch.Tensor | None = None) -> _Rows:
-    check_type(t.qtype, t.name)
     if len(t.shape) != 2:
         raise ValueError(f"{t.name}: expected a matrix, got shape {t.shape}")
     rows = raw_bytes(t.data).reshape(t.shape[0], -1)

@@ -21,7 +21,6 @@ from llmasos.ops.quant_linear import INT4_BLOCK, pack_int4
 Q = GGMLQuantizationType
 INT8_TYPES = {Q.Q8_0}
 INT4_TYPES = {Q.Q4_0, Q.Q4_1, Q.Q4_K}
-NATIVE_TYPES = INT8_TYPES | INT4_TYPES
 
 
 def native_kind(qtype: GGMLQuantizationType, in_features: int) -> str | None:
