@@ -57,10 +57,20 @@ class AsyncLLM:
             if not finished:
                 self.abort(rid)
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; its stream ends with finish_reason "abort".
+        False if the request is unknown or already finished."""
         with self._lock:
-            self.engine.abort_request(request_id)
-            self._streams.pop(request_id, None)
+            final = self.engine.abort_request(request_id)
+            target = self._streams.pop(request_id, None)
+        if final is not None and target is not None:
+            target[0].call_soon_threadsafe(target[1].put_nowait, final)
+        return final is not None
+
+    def renice(self, request_id: str, priority: int) -> bool:
+        """Change a live request's priority; False if it is unknown or finished."""
+        with self._lock:
+            return self.engine.renice(request_id, priority)
 
     def _loop(self) -> None:
         while True:

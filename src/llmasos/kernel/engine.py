@@ -201,6 +201,18 @@ class LLMEngine:
         else:
             self.scheduler.unregister_latency_sensitive(app_id)
 
+    def renice(self, request_id: str, priority: int) -> bool:
+        """Change a live request's priority (lower runs first); the next step ranks it anew. False if unknown."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError("priority must be an integer (lower runs first)")
+        state = self.requests.get(request_id)
+        if state is None:
+            return False
+        for seq in state.seqs:
+            seq.priority = priority
+            self.scheduler.last_seen[priority] = max(self.scheduler.last_seen.get(priority, 0.0), time.monotonic())
+        return True
+
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its KV blocks; returns its final output, or None if unknown."""
         state = self.requests.get(request_id)

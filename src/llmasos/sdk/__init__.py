@@ -1,0 +1,11 @@
+"""The app SDK: write an app against `AppContext` (llm, embed, memory, storage, tools, log); the OS checks,
+schedules and audits every call it makes."""
+
+from llmasos.sdk.app import App, FunctionApp, app, handler
+from llmasos.sdk.context import AppContext
+from llmasos.sdk.transport import LocalTransport, Transport
+from llmasos.system.manifest import Manifest, Quotas
+from llmasos.system.tools.registry import Tool, ToolContext
+
+__all__ = ["App", "AppContext", "FunctionApp", "LocalTransport", "Manifest", "Quotas", "Tool", "ToolContext",
+           "Transport", "app", "handler"]

@@ -1,0 +1,54 @@
+"""Installed apps: their manifests, persisted so that keys and data outlive a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import select
+
+from llmasos.system.errors import NotFound
+from llmasos.system.manifest import Manifest, client_manifest
+from llmasos.system.storage.db import Database
+from llmasos.system.storage.store import upsert
+from llmasos.system.storage.tables import apps
+
+
+class AppTable:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[str, Manifest] = {}
+        self._lock = threading.Lock()
+
+    def install(self, manifest: Manifest) -> Manifest:
+        with self.db.engine.begin() as conn:
+            upsert(conn, apps, {"name": manifest.name, "manifest": manifest.model_dump(mode="json"),
+                                "installed_at": time.time()}, ["name"])
+        with self._lock:
+            self._cache[manifest.name] = manifest
+        return manifest
+
+    def ensure_client(self, name: str) -> Manifest:
+        """An API client that is not an installed app gets a client manifest the first time it is named."""
+        try:
+            return self.get(name)
+        except NotFound:
+            return self.install(client_manifest(name))
+
+    def get(self, name: str) -> Manifest:
+        with self._lock:
+            m = self._cache.get(name)
+        if m is not None:
+            return m
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(apps.c.manifest).where(apps.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no app {name!r}")
+        m = Manifest.model_validate(row[0])
+        with self._lock:
+            self._cache[name] = m
+        return m
+
+    def list(self) -> list[Manifest]:
+        with self.db.engine.connect() as conn:
+            return [Manifest.model_validate(r[0]) for r in conn.execute(select(apps.c.manifest).order_by(apps.c.name))]

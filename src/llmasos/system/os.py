@@ -1,0 +1,304 @@
+"""`OS`: boots the kernel, the embedder and every system service from one config, installs the apps, and
+runs their handlers as processes. Several can live side by side in one Python process (no globals).
+
+    from llmasos import OS
+    with OS(data_dir="/tmp/os1") as os1:
+        print(os1.chat("assistant", "s1", "What does harbor mean?"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from llmasos.sdk.app import App
+from llmasos.sdk.context import AppContext
+from llmasos.sdk.transport import LocalTransport
+from llmasos.system.apps import AppTable
+from llmasos.system.audit import AuditLog
+from llmasos.system.config import OSConfig, load_config
+from llmasos.system.errors import InvalidRequest, NotFound, ProcessFailed, SystemCallError
+from llmasos.system.guards.pii import redact
+from llmasos.system.llm_calls import LLMCalls, current_pid
+from llmasos.system.manifest import Manifest
+from llmasos.system.memory.codec import CharCodec, ChatCodec
+from llmasos.system.memory.context import ContextBuilder, ContextShares
+from llmasos.system.memory.stores import ArchivalMemory, CoreMemory, RecallMemory, SummaryStore
+from llmasos.system.principals import ADMIN, KeyStore, Principal
+from llmasos.system.processes import ProcessTable, ProcState
+from llmasos.system.services import Services
+from llmasos.system.storage.db import Database, sqlite_url
+from llmasos.system.storage.store import Store
+from llmasos.system.storage.vectors import VectorIndex
+from llmasos.system.syscalls import SystemCalls
+from llmasos.system.tools.builtin import builtin_tools
+from llmasos.system.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+class OS:
+    def __init__(self, config: OSConfig | str | Path | None = None, *, embedder: Any = None, llm: Any = None,
+                 **overrides: Any) -> None:
+        """`config`: an OSConfig, or a TOML/YAML file; keyword overrides go on top (`data_dir=...`,
+        `model={"name": "builtin"}`). `embedder` / `llm` (an `AsyncLLM`) may be passed in to share them."""
+        if isinstance(config, OSConfig):
+            self.config = config.model_copy(update=overrides) if overrides else config
+        else:
+            self.config = load_config(config, **overrides)
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._owns_llm = llm is None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llmasos-os", daemon=True)
+        self._thread.start()
+        self._apps: dict[str, App] = {}
+        self._closed = False
+        try:
+            self.db = Database(cfg.database_url or sqlite_url(cfg.data_dir), cfg.database_schema,
+                               cfg.sqlite_synchronous)
+            if embedder is None:
+                from llmasos.system.embedder import Embedder
+
+                embedder = Embedder(cfg.embedder.name, cfg.embedder.device)
+            self.embedder = embedder
+            if llm is None and cfg.load_model:
+                llm = self._boot_kernel()
+            self.llm = llm
+            self.services = self._services()
+            self.syscalls = SystemCalls(self.services)
+            m = cfg.memory
+            self.llm_calls = LLMCalls(self.syscalls, m.summary_share, m.recent_turns_share, m.summarize_after_tokens)
+            for tool in builtin_tools():
+                self.services.tools.register(tool)
+            self._install_configured()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # -- boot ------------------------------------------------------------------------------------------
+    def _boot_kernel(self) -> Any:
+        from llmasos.kernel.async_llm import AsyncLLM
+        from llmasos.kernel.config import EngineConfig
+        from llmasos.kernel.llm import build_engine
+
+        mc = self.config.model
+        engine = build_engine(EngineConfig(model=mc.name, dtype=mc.dtype, device=mc.device, num_threads=mc.threads,
+                                           max_model_len=mc.max_model_len, kv_cache_memory=mc.kv_cache_memory,
+                                           max_num_seqs=mc.max_num_seqs,
+                                           max_num_batched_tokens=mc.max_num_batched_tokens))
+        return AsyncLLM(engine)
+
+    def _services(self) -> Services:
+        codec = ChatCodec(self.llm.engine.tokenizer) if self.llm is not None else CharCodec()
+        vectors = VectorIndex(self.db, self.embedder.dim)
+        recall = RecallMemory(self.db, vectors, self.embedder.embed, codec.count)
+        archival = ArchivalMemory(self.db, vectors, self.embedder.embed)
+        core, summaries = CoreMemory(self.db), SummaryStore(self.db)
+        m = self.config.memory
+        shares = ContextShares(summary=m.summary_share, recall=m.recall_share)
+        return Services(
+            db=self.db, data_dir=self.config.data_dir, store=Store(self.db), apps=AppTable(self.db),
+            keys=KeyStore(self.db), audit=AuditLog(self.db, redact=lambda t: redact(t)[0]),
+            procs=ProcessTable(self.config.process_history), tools=ToolRegistry(), recall=recall, archival=archival,
+            core=core, summaries=summaries,
+            context=ContextBuilder(codec, recall, archival, core, summaries, shares, m.recall_k), codec=codec,
+            embedder=self.embedder, llm=self.llm,
+            window=self.llm.engine.max_model_len if self.llm is not None else 2048,
+        )
+
+    def _install_configured(self) -> None:
+        from llmasos.sdk.discovery import bundled, from_entry_points, from_folder
+
+        found: dict[str, App] = {}
+        for a in from_entry_points():
+            found.setdefault(a.manifest.name, a)
+        if self.config.apps_dir is not None:
+            for a in from_folder(self.config.apps_dir):
+                found[a.manifest.name] = a
+        for name in self.config.apps:
+            a = found.get(name) or bundled(name)
+            if a is None:
+                raise ValueError(f"config field 'apps': no app named {name!r} (bundled, in apps_dir, or an "
+                                 f"entry point of the llmasos.apps group)")
+            self.install(a)
+        for name, a in found.items():
+            if name not in self._apps and self.config.apps_dir is not None:
+                self.install(a)
+
+    # -- apps ------------------------------------------------------------------------------------------
+    def install(self, app: App) -> Manifest:
+        """Install (or upgrade) an app: its manifest is stored, its tools registered for it alone."""
+        manifest = app.manifest
+        if not isinstance(manifest, Manifest):
+            raise InvalidRequest("an app needs a Manifest")
+        self.services.apps.install(manifest)
+        self.services.tools.unregister_app(manifest.name)
+        for tool in app.tools():
+            self.services.tools.register(tool, manifest.name)
+        if self.llm is not None:
+            self.llm.engine.set_latency_sensitive(manifest.name, manifest.priority, manifest.latency_sensitive)
+        if manifest.mcp_servers:
+            self.run(self._connect_mcp(manifest))
+        self._apps[manifest.name] = app
+        return manifest
+
+    async def _connect_mcp(self, manifest: Manifest) -> None:
+        from llmasos.system.tools.mcp_client import MCPManager, MCPServerConfig
+        from llmasos.system.tools.registry import Tool
+
+        if self.services.mcp is None:
+            self.services.mcp = MCPManager()
+        for raw in manifest.mcp_servers:
+            cfg = MCPServerConfig.model_validate(raw)
+            key = f"{manifest.name}.{cfg.name}"
+            conn = await self.services.mcp.add(cfg.model_copy(update={"name": key}))
+            for t in await conn.list_tools():
+                async def call(ctx: Any, args: dict, _server: str = key, _name: str = t.name) -> str:
+                    return await self.services.mcp.call(_server, _name, args)
+
+                self.services.tools.register(Tool(f"{cfg.name}__{t.name}"[:64], t.description or t.name,
+                                                  t.input_schema or {"type": "object"}, call, timeout=cfg.timeout,
+                                                  side_effects=True), manifest.name)
+
+    def apps(self) -> list[Manifest]:
+        return self.services.apps.list()
+
+    def app(self, name: str) -> App:
+        a = self._apps.get(name)
+        if a is None:
+            raise NotFound(f"no app {name!r}")
+        return a
+
+    def context(self, app: str, user: str = "") -> AppContext:
+        """The SDK context of an app (or of one user of it), talking to this OS in-process."""
+        self.services.apps.get(app)
+        return AppContext(app, LocalTransport(self.syscalls, Principal.for_app(app, user)), user)
+
+    # -- running handlers as processes -----------------------------------------------------------------
+    async def handle(self, app: str, handler: str, *, user: str = "", **args: Any) -> Any:
+        """Run an app's handler as a process. If it raises it fails its own process (ProcessFailed); past the
+        manifest's `handler_timeout` it is cancelled and its LLM requests aborted. The OS keeps running."""
+        a = self.app(app)
+        fn = a.handlers().get(handler)
+        if fn is None:
+            raise NotFound(f"app {app!r} has no handler {handler!r}")
+        ctx = self.context(app, user)
+        procs = self.services.procs
+        proc = procs.spawn(app, str(ctx.transport.principal), "handler", session=args.get("session_id"),
+                           priority=a.manifest.priority)
+        token = current_pid.set(proc.pid)
+        try:
+            task = asyncio.ensure_future(fn(ctx, **args))
+        finally:
+            current_pid.reset(token)
+        procs.killers[proc.pid] = task.cancel
+        procs.set_state(proc, ProcState.RUNNING)
+        timeout = a.manifest.handler_timeout
+        try:
+            result = await asyncio.wait_for(task, timeout)
+        except TimeoutError as exc:
+            for child in procs.ps(app, include_finished=False):
+                if child.parent == proc.pid:
+                    procs.kill(child.pid)
+            procs.finish(proc, ProcState.FAILED, f"timed out after {timeout:g}s")
+            raise ProcessFailed(f"app {app!r} handler {handler!r} timed out after {timeout:g}s (pid {proc.pid})") from exc
+        except asyncio.CancelledError as exc:
+            if proc.state is ProcState.KILLED:
+                raise ProcessFailed(f"app {app!r} handler {handler!r} was killed (pid {proc.pid})") from exc
+            raise
+        except SystemCallError as exc:
+            procs.finish(proc, ProcState.FAILED, exc.message)
+            raise
+        except TypeError as exc:
+            procs.finish(proc, ProcState.FAILED, str(exc))
+            raise InvalidRequest(f"handler {handler!r}: {exc}") from exc
+        except Exception as exc:
+            procs.finish(proc, ProcState.FAILED, f"{type(exc).__name__}: {exc}")
+            log.warning("app %s handler %s failed: %s", app, handler, exc)
+            raise ProcessFailed(f"app {app!r} handler {handler!r} failed: {type(exc).__name__}: {exc} "
+                                f"(pid {proc.pid})") from exc
+        procs.finish(proc)
+        return result
+
+    # -- sync conveniences -----------------------------------------------------------------------------
+    def run(self, coro: Coroutine) -> Any:
+        """Run a coroutine on the OS's event loop from synchronous code."""
+        if self._closed:
+            coro.close()
+            raise SystemCallError("the OS is shut down")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def call(self, app: str, name: str, user: str = "", **args: Any) -> Any:
+        """One system call as the app (sync)."""
+        return self.run(self.syscalls.call(Principal.for_app(app, user), name, args))
+
+    def admin_call(self, name: str, app: str, **args: Any) -> Any:
+        return self.run(self.syscalls.call(ADMIN, name, args, app=app))
+
+    def chat(self, app: str, session_id: str, message: str, user: str = "") -> Any:
+        """Send a message to an app's chat handler (sync)."""
+        return self.run(self.handle(app, "chat", user=user, session_id=session_id, message=message))
+
+    def ps(self, app: str | None = None, state: str | None = None) -> list[dict]:
+        self.services.refresh_states()
+        return [p.as_dict() for p in self.services.procs.ps(app, state)]
+
+    def kill(self, pid: int) -> dict:
+        return self.services.procs.kill(pid).as_dict()
+
+    def renice(self, pid: int, priority: int) -> dict:
+        return self.services.procs.renice(pid, priority).as_dict()
+
+    def create_key(self, app: str | None, user: str = "", admin: bool = False) -> str:
+        if admin:
+            return self.services.keys.create(ADMIN)[1]
+        self.services.apps.ensure_client(app)
+        return self.services.keys.create(Principal.for_app(app, user))[1]
+
+    def info(self) -> dict:
+        eng = self.llm.engine if self.llm is not None else None
+        return {"model": str(getattr(eng, "model_source", None)) if eng else None, "window": self.services.window,
+                "embedder": self.embedder.id, "database": self.db.dialect, "pgvector": self.db.has_pgvector(),
+                "apps": [m.name for m in self.apps()], "data_dir": str(self.config.data_dir)}
+
+    # -- shutdown --------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            calls = getattr(self, "llm_calls", None)
+            if calls is not None and calls.background:
+                fut = asyncio.run_coroutine_threadsafe(_drain(calls.background), self._loop)
+                fut.result(timeout=30)
+            mcp = getattr(getattr(self, "services", None), "mcp", None)
+            if mcp is not None:
+                asyncio.run_coroutine_threadsafe(mcp.close_all(), self._loop).result(timeout=30)
+        finally:
+            if self._owns_llm and getattr(self, "llm", None) is not None:
+                self.llm.shutdown()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+
+    def __enter__(self) -> OS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+async def _drain(tasks: set[asyncio.Task]) -> None:
+    """Let background summaries finish (bounded), then cancel the rest."""
+    pending = list(tasks)
+    if not pending:
+        return
+    _done, still = await asyncio.wait(pending, timeout=20)
+    for t in still:
+        t.cancel()

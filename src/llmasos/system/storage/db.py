@@ -1,0 +1,83 @@
+"""The database: SQLite (WAL) in the data directory by default, PostgreSQL by URL. Alembic owns the schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{(Path(data_dir) / 'llmasos.db').resolve()}"
+
+
+class Database:
+    """One SQLAlchemy engine, migrated to the newest schema on open.
+
+    SQLite runs in WAL mode. With `synchronous=NORMAL` (the default) a commit is in the log file before it
+    returns, so an acknowledged write survives `kill -9` of the process; `FULL` also fsyncs every commit, which
+    survives power loss at several milliseconds per write. On PostgreSQL, `schema` puts every table in its own
+    schema (created if missing), which is how several OS instances or test runs share one server.
+    """
+
+    def __init__(self, url: str, schema: str | None = None, sqlite_synchronous: str = "NORMAL") -> None:
+        self.url = url
+        self.schema = schema
+        if schema is not None and not SCHEMA_RE.match(schema):
+            raise ValueError(f"database schema {schema!r} must be a lowercase SQL identifier")
+        kwargs: dict = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        elif schema is not None:
+            kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if sqlite_synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("sqlite_synchronous must be NORMAL or FULL")
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", lambda c, _r: _sqlite_pragmas(c, sqlite_synchronous))
+        elif schema is not None:
+            with self.engine.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        self.migrate()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self, revision: str = "head") -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    def has_pgvector(self) -> bool:
+        if self.dialect != "postgresql":
+            return False
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first() is not None
+
+    def drop_schema(self) -> None:
+        """Remove everything this database holds in its schema (PostgreSQL; tests clean up with it)."""
+        if self.schema is None:
+            raise ValueError("drop_schema needs a schema")
+        with self.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, synchronous: str) -> None:  # noqa: ANN001
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA synchronous={synchronous}")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

@@ -1,0 +1,104 @@
+"""Exact vector search over embeddings kept in the database.
+
+The database is the source of truth (SQLite, or PostgreSQL without pgvector as here); each scope (one app's
+archival memory, one session's messages) is loaded once into a numpy matrix and kept in sync: every search
+asks the database for the scope's row count and newest id (one indexed query), appends rows written since,
+by this process or another replica, and reloads the scope only when rows were deleted.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import Table, and_, func, select
+
+from llmasos.system.storage.db import Database
+
+
+@dataclass
+class _Scope:
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    vecs: np.ndarray | None = None
+    last_id: int = 0
+
+
+class VectorIndex:
+    def __init__(self, db: Database, dim: int) -> None:
+        self.db = db
+        self.dim = dim
+        self._scopes: dict[tuple, _Scope] = {}
+        self._lock = threading.Lock()
+
+    def _where(self, table: Table, scope: dict):
+        return and_(*[table.c[k] == v for k, v in scope.items()], table.c.embedding.is_not(None))
+
+    def _sync(self, table: Table, scope: dict) -> _Scope:
+        key = (table.name, tuple(sorted(scope.items())))
+        where = self._where(table, scope)
+        with self.db.engine.connect() as conn:
+            count, max_id = conn.execute(select(func.count(), func.max(table.c.id)).where(where)).one()
+            count, max_id = int(count or 0), int(max_id or 0)
+            s = self._scopes.get(key)
+            if s is not None and len(s.ids) == count and s.last_id == max_id:
+                return s
+            if s is None or max_id < s.last_id:
+                s = _Scope()
+            rows = conn.execute(select(table.c.id, table.c.embedding).where(where, table.c.id > s.last_id)
+                                .order_by(table.c.id)).all()
+        if rows:
+            new_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            new_vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim)
+            s.ids = np.concatenate([s.ids, new_ids])
+            s.vecs = new_vecs.copy() if s.vecs is None else np.concatenate([s.vecs, new_vecs])
+            s.last_id = int(new_ids[-1])
+        if len(s.ids) != count:  # rows were deleted since we loaded: start over
+            self._scopes.pop(key, None)
+            return self._sync_fresh(table, scope, key)
+        self._scopes[key] = s
+        return s
+
+    def _sync_fresh(self, table: Table, scope: dict, key: tuple) -> _Scope:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(table.c.id, table.c.embedding).where(self._where(table, scope))
+                                .order_by(table.c.id)).all()
+        s = _Scope()
+        if rows:
+            s.ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            s.vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim).copy()
+            s.last_id = int(s.ids[-1])
+        self._scopes[key] = s
+        return s
+
+    def search(self, table: Table, scope: dict, query: np.ndarray, k: int,
+               exclude_from: int | None = None) -> list[tuple[int, float]]:
+        """The k most similar rows of the scope as (id, cosine), best first. `exclude_from`: skip ids >= it."""
+        with self._lock:
+            s = self._sync(table, scope)
+        if s.vecs is None or not len(s.ids) or k <= 0:
+            return []
+        ids, vecs = s.ids, s.vecs
+        if exclude_from is not None:
+            n = int(np.searchsorted(ids, exclude_from))
+            ids, vecs = ids[:n], vecs[:n]
+            if not n:
+                return []
+        scores = vecs @ np.asarray(query, np.float32)
+        k = min(k, len(ids))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(ids[i]), float(scores[i])) for i in top]
+
+    def ranked(self, table: Table, scope: dict, query: np.ndarray) -> list[tuple[int, float]]:
+        """Every row of the scope ranked (for filtered searches that walk down the list)."""
+        with self._lock:
+            s = self._sync(table, scope)
+        if s.vecs is None or not len(s.ids):
+            return []
+        scores = s.vecs @ np.asarray(query, np.float32)
+        order = np.argsort(-scores, kind="stable")
+        return [(int(s.ids[i]), float(scores[i])) for i in order]
+
+    def forget(self, table: Table, scope: dict) -> None:
+        self._scopes.pop((table.name, tuple(sorted(scope.items()))), None)
