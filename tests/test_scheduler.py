@@ -213,3 +213,19 @@ def test_a_declared_interactive_app_keeps_steps_short_before_its_first_request()
     assert run(s).prefills == [(big, 32)]
     s.unregister_latency_sensitive("chat")
     assert run(s).prefills == [(big, 368)]
+
+
+def test_renice_changes_a_live_requests_rank(llm):
+    """The engine accepts a priority change for a queued request: the next step ranks it anew."""
+    eng = llm.engine
+    p = SamplingParams(max_tokens=2, temperature=0)
+    low = eng.add_request(list(range(1, 61)), p, priority=5, app_id="x")
+    high = eng.add_request(list(range(2, 62)), p, priority=0, app_id="y")
+    assert eng.renice(low, -5) is True
+    assert eng.renice("no-such-request", 0) is False
+    first = eng.scheduler.schedule()
+    assert [s.request_id for s, _ in first.prefills][0] == low  # was the less urgent one
+    for rid in (low, high):
+        eng.abort_request(rid)
+    # Undo the dry-run scheduling so the shared engine is clean for other tests.
+    assert not eng.has_unfinished_requests()

@@ -19,7 +19,7 @@ from llmasos.system.guards.pii import apply_policy
 from llmasos.system.memory.stores import Summary
 from llmasos.system.memory.summarizer import pending_turns, summary_prompt
 from llmasos.system.processes import Process, ProcState
-from llmasos.system.syscalls import CallContext, Syscall, SystemCalls
+from llmasos.system.syscalls import CallContext, SystemCalls
 from llmasos.system.tools.registry import Tool
 from llmasos.system.validate import check_name, check_text
 
@@ -28,7 +28,7 @@ current_pid: contextvars.ContextVar[int | None] = contextvars.ContextVar("llmaso
 
 MAX_MESSAGES = 1000
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty", "frequency_penalty",
-                 "repetition_penalty", "logprobs", "n")
+                 "repetition_penalty", "logprobs", "n", "min_tokens", "ignore_eos", "logit_bias")
 
 
 @dataclass
@@ -51,14 +51,11 @@ class LLMCalls:
         self.summarize_share, self.keep_share, self.summarize_after = summarize_share, keep_share, summarize_after
         self.background: set[asyncio.Task] = set()
         self._summarizing: set[tuple[str, str]] = set()
-        chat = Syscall("llm.chat", "llm", "pid, tokens in+out, memory report, tool calls, flags", offload=False)
-        complete = Syscall("llm.complete", "llm", "pid, tokens in+out", offload=False)
-        summarize = Syscall("memory.summarize", "memory.write", "pid, turns folded", offload=False)
-        syscalls.register(chat, self.chat)
-        syscalls.register(complete, self.complete)
-        syscalls.register(summarize, self.summarize)
-        syscalls.handlers["llm.chat:stream"] = self.chat_stream
-        syscalls.handlers["llm.complete:stream"] = self.complete_stream
+        syscalls.register("llm.chat", self.chat)
+        syscalls.register("llm.complete", self.complete)
+        syscalls.register("memory.summarize", self.summarize)
+        syscalls.register("llm.chat:stream", self.chat_stream)
+        syscalls.register("llm.complete:stream", self.complete_stream)
 
     # -- generation as a process -----------------------------------------------------------------------
     def _params(self, cc: CallContext, max_tokens: Any, opts: dict, structured: StructuredOutput | None) -> SamplingParams:
@@ -425,11 +422,13 @@ def _tool_schema(tools: list[Tool], choice: Any) -> StructuredOutput:
     calls = {"type": "object", "properties": {"tool_calls": {"type": "array", "minItems": 1, "maxItems": 4,
                                                              "items": {"anyOf": one}}},
              "required": ["tool_calls"], "additionalProperties": False}
+    # Compact JSON: with free whitespace a small model can loop on newlines inside the object forever.
+    compact = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     if choice == "auto":
         answer = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"],
                   "additionalProperties": False}
-        return StructuredOutput(json={"anyOf": [calls, answer]})
-    return StructuredOutput(json=calls)
+        return StructuredOutput(json={"anyOf": [calls, answer], "x-guidance": compact})
+    return StructuredOutput(json={**calls, "x-guidance": compact})
 
 
 def _parse_tool_calls(text: str) -> list[dict] | None:

@@ -9,6 +9,7 @@ runs their handlers as processes. Several can live side by side in one Python pr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 from collections.abc import Coroutine
@@ -188,6 +189,10 @@ class OS:
         if fn is None:
             raise NotFound(f"app {app!r} has no handler {handler!r}")
         ctx = self.context(app, user)
+        try:
+            inspect.signature(fn).bind(ctx, **args)
+        except TypeError as exc:
+            raise InvalidRequest(f"app {app!r} handler {handler!r}: {exc}") from exc
         procs = self.services.procs
         proc = procs.spawn(app, str(ctx.transport.principal), "handler", session=args.get("session_id"),
                            priority=a.manifest.priority)
@@ -214,9 +219,6 @@ class OS:
         except SystemCallError as exc:
             procs.finish(proc, ProcState.FAILED, exc.message)
             raise
-        except TypeError as exc:
-            procs.finish(proc, ProcState.FAILED, str(exc))
-            raise InvalidRequest(f"handler {handler!r}: {exc}") from exc
         except Exception as exc:
             procs.finish(proc, ProcState.FAILED, f"{type(exc).__name__}: {exc}")
             log.warning("app %s handler %s failed: %s", app, handler, exc)
@@ -231,14 +233,22 @@ class OS:
         if self._closed:
             coro.close()
             raise SystemCallError("the OS is shut down")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise RuntimeError("a synchronous OS method was called from inside the OS's event loop (it would wait "
+                               "on itself): await the async API (OS.handle, AppContext) there instead")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def call(self, app: str, name: str, user: str = "", **args: Any) -> Any:
-        """One system call as the app (sync)."""
-        return self.run(self.syscalls.call(Principal.for_app(app, user), name, args))
+    def call(self, app: str, syscall: str, /, *, as_user: str = "", **args: Any) -> Any:
+        """One system call as the app (or as `as_user` of it), synchronously."""
+        return self.run(self.syscalls.call(Principal.for_app(app, as_user), syscall, args))
 
-    def admin_call(self, name: str, app: str, **args: Any) -> Any:
-        return self.run(self.syscalls.call(ADMIN, name, args, app=app))
+    def admin_call(self, syscall: str, app: str, /, **args: Any) -> Any:
+        return self.run(self.syscalls.call(ADMIN, syscall, args, app=app))
 
     def chat(self, app: str, session_id: str, message: str, user: str = "") -> Any:
         """Send a message to an app's chat handler (sync)."""

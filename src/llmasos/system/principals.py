@@ -70,6 +70,8 @@ class KeyStore:
         bad = AuthenticationError("invalid API key")
         if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or len(key) > 200:
             raise bad
+        if not (key.isascii() and key.isprintable()):  # a NUL or a lone surrogate would crash the lookup
+            raise bad
         key_id = key[len(KEY_PREFIX):].split("-", 1)[0]
         with self.db.engine.connect() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).mappings().first()

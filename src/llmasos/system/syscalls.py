@@ -39,6 +39,9 @@ class Syscall:
 
 # The syscall table: name -> permission. LLM calls live in llm_calls.py and are registered there.
 TABLE: dict[str, Syscall] = {s.name: s for s in [
+    Syscall("llm.chat", "llm", "pid, tokens in+out, memory report, tool calls, flags", offload=False),
+    Syscall("llm.complete", "llm", "pid, tokens in+out", offload=False),
+    Syscall("memory.summarize", "memory.write", "pid of the last summary process", offload=False),
     Syscall("embed", "embed", "texts count, tokens"),
     Syscall("memory.append", "memory.write", "session, role"),
     Syscall("memory.history", "memory.read", "session"),
@@ -77,11 +80,15 @@ class SystemCalls:
         self.s = services
         self.handlers: dict[str, Callable[..., Any]] = {}
         for name in TABLE:
-            self.handlers[name] = getattr(self, "_" + name.replace(".", "_"))
+            method = getattr(self, "_" + name.replace(".", "_"), None)
+            if method is not None:
+                self.handlers[name] = method
 
-    def register(self, spec: Syscall, handler: Callable[..., Any]) -> None:
-        TABLE.setdefault(spec.name, spec)
-        self.handlers[spec.name] = handler
+    def register(self, name: str, handler: Callable[..., Any]) -> None:
+        """Bind a handler to a call of the table (the LLM calls live in llm_calls.py)."""
+        if name.split(":")[0] not in TABLE:
+            raise ValueError(f"{name!r} is not in the syscall table")
+        self.handlers[name] = handler
 
     # -- the boundary ----------------------------------------------------------------------------------
     def context(self, principal: Principal, app: str | None = None) -> CallContext:
@@ -114,7 +121,8 @@ class SystemCalls:
             cc = self.context(principal, app)
             perm = spec.permission
             if perm == "tools:<name>":
-                perm = f"tools:{args.get('name')}"
+                # Another app's tool does not exist for the caller: not found comes before permission.
+                perm = self.s.tools.get(check_name(args.get("name"), "name", 64), cc.app).permission
             self.check(cc, perm)
             handler = self.handlers[name]
             try:

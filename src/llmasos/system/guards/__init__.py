@@ -1,4 +1,4 @@
-"""Guards of the system layer: PII detection and redaction, prompt-injection defences for untrusted content."""
+"""Guards of the system layer: PII detection and redaction, prompt-injection defences for untrusted text."""
 
 from llmasos.system.guards.injection import (
     UNTRUSTED_NOTICE,

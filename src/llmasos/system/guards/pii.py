@@ -35,25 +35,31 @@ class PIIMatch:
 
 
 # re.ASCII everywhere: a Chinese character is a "word" character in Unicode mode, which would stop
-# "手机13812345678" from matching at its boundary.
+# "手机13812345678" from matching at its boundary. Where a pattern starts with a character class, the
+# boundary lookbehind comes after that first character ("[2-6](?<!\w[2-6])"): a pattern that begins with a
+# class lets the regex engine skip non-candidates in C, several times faster than trying every position.
 _EMAIL = re.compile(
     r"(?<![\w.%+-])[\w.%+-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}(?![\w-])",
     re.ASCII)
 # E.164 allows at most 15 digits; separators may be doubled as in "+1 (555) 123-4567".
-_PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){7,14}(?!\w)", re.ASCII)
+_PHONE_INTL = re.compile(r"\+(?<![\w+]\+)[1-9](?:[ .\-()]{0,2}\d){7,14}(?!\w)", re.ASCII)
 # Separators are required: a bare 10-digit run is as likely to be an order number as a phone.
 _PHONE_NA = re.compile(r"(?<![\w+])(?:1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\w)", re.ASCII)
 _PHONE_CN = re.compile(r"(?<![\w+])(?:(?:\+|00)?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\w)", re.ASCII)
 # Cards are written compact or in the issuers' groupings (4-4-4-4[-3], Amex 4-6-5) with one consistent
-# separator; the first digit is a payment network's (2-6), which halves Luhn's 1-in-10 false positives.
+# separator. The first digit must be a payment network's (2-6): that halves the digit runs which could
+# pass Luhn's check by its 1-in-10 chance.
 _CARD = re.compile(
-    r"(?<!\w)(?:[2-6]\d{12,18}"
-    r"|[2-6]\d{3}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?"
-    r"|3\d{3}([ -])\d{6}\2\d{4,5})(?!\w)",
+    r"[2-6](?<!\w[2-6])(?:\d{12,18}"
+    r"|\d{3}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?"
+    r"|(?<=3)\d{3}([ -])\d{6}\2\d{4,5})(?!\w)",  # Amex
     re.ASCII)
-_CN_ID = re.compile(
-    r"(?<!\w)[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?!\w)", re.ASCII)
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
+_CN_ID = re.compile(  # region, birth date, sequence, check character
+    r"[1-9](?<!\w[1-9])\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?!\w)",
+    re.ASCII)
+# Country code, check digits, then up to 30 characters, optionally printed in groups of four.
+_IBAN = re.compile(
+    r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
 
 _CN_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CN_ID_CHECK = "10X98765432"

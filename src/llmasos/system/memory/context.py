@@ -23,6 +23,10 @@ from llmasos.system.memory.stores import ArchivalMemory, CoreMemory, Hit, Recall
 MIN_PROMPT = 16  # fewer tokens than this for the prompt cannot hold even a truncated question
 NO_ID = 1 << 62  # "below this id": every stored message
 SAFETY = 2  # tokens of slack for tokenizer merges at the joins
+CORE_HEAD = "Pinned memory:\n"
+SUMMARY_HEAD = "Summary of the earlier conversation:\n"
+RECALL_HEAD = "Relevant earlier turns:\n"
+JOIN = "\n\n"  # between the parts of the system message
 
 
 @dataclass
@@ -47,6 +51,7 @@ class ContextResult:
     prompt: str
     prompt_tokens: int
     report: ContextReport
+    prompt_ids: list[int] = field(default_factory=list)  # the prompt's token ids: the kernel need not encode again
 
 
 @dataclass
@@ -83,35 +88,32 @@ class ContextBuilder:
         blocks = self.core.get_all(app, user)
         core_text = self._fit("\n".join(f"<memory label=\"{k}\">\n{v}\n</memory>" for k, v in blocks.items()),
                               int(avail * sh.core), "core_memory", rep)
-        question = self._fit(message, max(int(avail * sh.user), avail - c.count(system) - c.count(core_text) - 8),
-                             "message", rep, keep_tail=True)
-        rest = avail - c.count(system) - c.count(core_text) - c.count(question)
+        # The headers and joins of the system message count too (estimates that fit make one render enough).
+        n_sys = c.count(system) + (c.count(JOIN) if system else 0)
+        n_core = c.count(core_text) + (c.count(CORE_HEAD + JOIN) if core_text else 0)
+        question = self._fit(message, max(int(avail * sh.user), avail - n_sys - n_core - 8, 1),
+                             "message", rep, keep_tail=True)  # at least one token of it: never an empty question
+        rest = avail - n_sys - n_core - c.count(question)
 
         summary = self.summaries.get(app, session)
         summary_text = self._fit(summary.text, int(rest * sh.summary), "summary", rep) if summary else ""
 
         # Recent turns: newest first, until the rest of the window (less the recall reserve) is used.
         recall_reserve = int(rest * sh.recall) if (use_recall or use_archival) else 0
-        room = rest - c.count(summary_text) - recall_reserve - (per_msg if summary_text else 0)
-        recent, oldest_kept = self._recent(app, session, before_id, room, per_msg)
+        room = rest - recall_reserve - (c.count(summary_text) + c.count(SUMMARY_HEAD + JOIN) if summary_text else 0)
+        recent, recent_ids, left = self._recent(app, session, before_id, room, per_msg)
+        no_turn = before_id if before_id is not None else NO_ID
 
         hits: list[Hit] = []
-        if recall_reserve > 0 and message.strip():
-            hits = self._relevant(app, session, user, message, oldest_kept, use_recall, use_archival, recall_reserve,
-                                  per_msg)
-        rep.recall_items = sum(h.source == "recall" for h in hits)
-        rep.archival_items = sum(h.source == "archival" for h in hits)
-
-        # Account for what fell out of the verbatim window.
-        older = self.recall.count(app, session, below_id=oldest_kept)
-        covered = summary.covered_upto if summary else 0
-        rep.summarised_turns = self.recall.count(app, session, below_id=min(oldest_kept, covered + 1))
-        rep.dropped_turns = older - rep.summarised_turns
+        if recall_reserve > 0 and message.strip():  # retrieval gets its reserve and what the recent turns left
+            hits = self._relevant(app, session, user, message, recent_ids[0] if recent_ids else no_turn, use_recall,
+                                  use_archival, recall_reserve + left, before_id)
 
         while True:
             msgs = self._assemble(system, core_text, summary_text, hits, recent, question)
             prompt = c.render(msgs)
-            n = len(c.encode(prompt))
+            ids = c.encode(prompt)
+            n = len(ids)
             if n <= budget:
                 break
             # Over by a few tokens (merges at the joins) or a tiny window: give up the least important part.
@@ -119,10 +121,10 @@ class ContextBuilder:
                 hits.pop()
             elif recent:
                 recent.pop(0)
-                rep.dropped_turns += 1
+                recent_ids.pop(0)
                 while recent and recent[0]["role"] == "assistant":
                     recent.pop(0)
-                    rep.dropped_turns += 1
+                    recent_ids.pop(0)
             elif summary_text:
                 summary_text = c.truncate(summary_text, max(c.count(summary_text) - (n - budget) - 4, 0))
                 rep.truncated.append("summary")
@@ -138,11 +140,19 @@ class ContextBuilder:
             else:
                 raise ContextTooLong(f"the chat template alone takes {n} tokens, more than the {budget} available "
                                      f"with max_tokens={max_tokens}", param="max_tokens")
+        # Account for what the prompt holds: every earlier turn is kept verbatim, covered by the summary in the
+        # prompt, or dropped (the count is taken after trimming, so it matches the prompt actually sent).
         rep.kept_turns = len(recent)
+        rep.recall_items = sum(h.source == "recall" for h in hits)
+        rep.archival_items = sum(h.source == "archival" for h in hits)
+        oldest_kept = recent_ids[0] if recent_ids else no_turn
+        covered = summary.covered_upto if summary is not None and summary_text else 0
+        older, rep.summarised_turns = self.recall.count_below(app, session, [oldest_kept, min(oldest_kept, covered + 1)])
+        rep.dropped_turns = older - rep.summarised_turns
         rep.prompt_tokens = n
         rep.truncated = sorted(set(rep.truncated))
         rep.build_ms = (time.perf_counter() - t0) * 1000
-        return ContextResult(msgs, prompt, n, rep)
+        return ContextResult(msgs, prompt, n, rep, ids)
 
     # -- parts -----------------------------------------------------------------------------------------
     def _fit(self, text: str, cap: int, name: str, rep: ContextReport, keep_tail: bool = False) -> str:
@@ -155,12 +165,14 @@ class ContextBuilder:
         return self.codec.truncate(text, cap, keep_tail=keep_tail)
 
     def _recent(self, app: str, session: str, before_id: int | None, room: int,
-                per_msg: int) -> tuple[list[Msg], int]:
-        kept: list[tuple[int, Msg]] = []
+                per_msg: int) -> tuple[list[Msg], list[int], int]:
+        """The newest turns that fit in `room`, oldest first, their ids, and the room they leave."""
+        kept: list[tuple[int, Msg, int]] = []
         cursor = before_id
         full = False
         while room > 0 and not full:
-            page = self.recall.recent(app, session, before_id=cursor, limit=64)
+            # A page about as long as the room holds (turns of ~16 tokens): one query for most windows.
+            page = self.recall.recent(app, session, before_id=cursor, limit=min(max(room // 16, 32), 1000))
             if not page:
                 break
             for m in page:
@@ -168,18 +180,22 @@ class ContextBuilder:
                 if cost > room:
                     full = True
                     break
-                kept.append((m.id, {"role": m.role if m.role in ("user", "assistant") else "user", "content": m.content}))
+                role = m.role if m.role in ("user", "assistant") else "user"
+                kept.append((m.id, {"role": role, "content": m.content}, cost))
                 room -= cost
             cursor = page[-1].id
         # Chat templates want user/assistant alternation: a window cut mid-exchange must not open on a reply.
         while kept and kept[-1][1]["role"] == "assistant":
-            kept.pop()
-        oldest = kept[-1][0] if kept else (before_id if before_id is not None else NO_ID)
-        return [m for _, m in reversed(kept)], oldest
+            room += kept.pop()[2]
+        kept.reverse()
+        return [m for _, m, _ in kept], [i for i, _, _ in kept], max(room, 0)
 
     def _relevant(self, app: str, session: str, user: str, message: str, oldest_kept: int,
-                  use_recall: bool, use_archival: bool, room: int, per_item: int) -> list[Hit]:
-        qv = self.recall.embed([message])[0]
+                  use_recall: bool, use_archival: bool, room: int, before_id: int | None) -> list[Hit]:
+        # The turn's own message was embedded when it was stored: reuse that rather than embed it again.
+        qv = self.recall.stored_embedding(app, session, before_id, message) if before_id is not None else None
+        if qv is None:
+            qv = self.recall.embed([message])[0]
         hits: list[Hit] = []
         if use_recall:
             hits += self.recall.search(app, message, self.recall_k, session=session, exclude_from=oldest_kept,
@@ -187,29 +203,37 @@ class ContextBuilder:
         if use_archival:
             hits += self.archival.search(app, message, self.recall_k, user=user, query_vec=qv)
         hits.sort(key=lambda h: -h.score)
+        # Each item costs its line as _assemble writes it; the first of each kind also its header.
+        heads = {"recall": self.codec.count(RECALL_HEAD + JOIN), "archival": self.codec.count(UNTRUSTED_NOTICE + JOIN)}
         out = []
         for h in hits:
-            cost = self.codec.count(h.text) + per_item
+            cost = self.codec.count(_line(h)) + 1 + heads[h.source]
             if cost > room:
                 continue
             out.append(h)
             room -= cost
+            heads[h.source] = 0
         return out
 
     def _assemble(self, system: str, core: str, summary: str, hits: list[Hit], recent: list[Msg],
                   question: str) -> list[Msg]:
         parts = [system] if system else []
         if core:
-            parts.append("Pinned memory:\n" + core)
+            parts.append(CORE_HEAD + core)
         if summary:
-            parts.append("Summary of the earlier conversation:\n" + summary)
+            parts.append(SUMMARY_HEAD + summary)
         recalled = [h for h in hits if h.source == "recall"]
         archived = [h for h in hits if h.source == "archival"]
         if recalled:
-            parts.append("Relevant earlier turns:\n" + "\n".join(f"- {h.role}: {h.text}" for h in recalled))
+            parts.append(RECALL_HEAD + "\n".join(_line(h) for h in recalled))
         if archived:
-            parts.append(UNTRUSTED_NOTICE + "\n" + "\n".join(wrap_untrusted(h.text, "archival") for h in archived))
-        msgs: list[Msg] = [{"role": "system", "content": "\n\n".join(parts)}] if parts else []
+            parts.append(UNTRUSTED_NOTICE + "\n" + "\n".join(_line(h) for h in archived))
+        msgs: list[Msg] = [{"role": "system", "content": JOIN.join(parts)}] if parts else []
         msgs += recent
         msgs.append({"role": "user", "content": question})
         return msgs
+
+
+def _line(h: Hit) -> str:
+    """A retrieved item as it appears in the system message: archival items fenced off as untrusted."""
+    return wrap_untrusted(h.text, "archival") if h.source == "archival" else f"- {h.role}: {h.text}"

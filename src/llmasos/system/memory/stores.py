@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import case, delete, func, insert, or_, select
 
 from llmasos.system.errors import InvalidRequest, NotFound
 from llmasos.system.storage.db import Database
-from llmasos.system.storage.store import upsert
+from llmasos.system.storage.store import json_equal, upsert
 from llmasos.system.storage.tables import archival, core_blocks, messages, summaries
 from llmasos.system.storage.vectors import VectorIndex
 from llmasos.system.validate import check_json, check_name, check_text
@@ -113,6 +113,13 @@ class RecallMemory:
             rows = conn.execute(q.group_by(messages.c.session).order_by(func.max(messages.c.created_at).desc())).all()
         return [{"session_id": s, "messages": int(n), "last_at": float(t)} for s, n, t in rows]
 
+    def count_below(self, app: str, session: str, bounds: list[int]) -> list[int]:
+        """For each bound, how many of the session's messages have a smaller id (one query for all)."""
+        cols = [func.coalesce(func.sum(case((messages.c.id < b, 1), else_=0)), 0) for b in bounds]
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(*cols).where(messages.c.app == app, messages.c.session == session)).one()
+        return [int(n) for n in row]
+
     def count(self, app: str, session: str, *, below_id: int | None = None, above_id: int | None = None) -> int:
         q = select(func.count()).select_from(messages).where(messages.c.app == app, messages.c.session == session)
         if below_id is not None:
@@ -121,6 +128,15 @@ class RecallMemory:
             q = q.where(messages.c.id > above_id)
         with self.db.engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
+
+    def stored_embedding(self, app: str, session: str, msg_id: int, content: str) -> np.ndarray | None:
+        """The embedding stored with message `msg_id`, if it holds exactly `content` (None otherwise)."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(messages.c.content, messages.c.embedding).where(
+                messages.c.app == app, messages.c.session == session, messages.c.id == msg_id)).first()
+        if row is None or row[1] is None or row[0] != content or len(row[1]) != 4 * self.vectors.dim:
+            return None
+        return np.frombuffer(row[1], np.float32)
 
     def search(self, app: str, query: str, k: int = 5, *, session: str | None = None,
                exclude_from: int | None = None, query_vec: np.ndarray | None = None) -> list[Hit]:
@@ -168,6 +184,8 @@ class ArchivalMemory:
         if not isinstance(texts, list) or not texts:
             raise InvalidRequest("texts must be a non-empty list", param="text")
         metas = metas or [{} for _ in texts]
+        if not isinstance(metas, list) or len(metas) != len(texts):
+            raise InvalidRequest("metadata must be a list with one object per text", param="metadata")
         for t, m in zip(texts, metas, strict=True):
             check_text(t, "text", allow_empty=False)
             if not isinstance(m, dict):
@@ -193,9 +211,12 @@ class ArchivalMemory:
         q = self.embed([query])[0] if query_vec is None else query_vec
         ranked = self.vectors.ranked(archival, {"app": app}, q)
         out: list[Hit] = []
-        # Walk down the ranking in pages, fetching rows to apply the user scope and the metadata filters.
-        for start in range(0, len(ranked), 256):
-            page = ranked[start:start + 256]
+        # Walk down the ranking in pages, fetching rows to apply the user scope and the metadata filters. The
+        # first page is small (unfiltered, it is the answer); later ones grow, for selective filters.
+        start, size = 0, max(4 * k, 16)
+        while start < len(ranked):
+            page = ranked[start:start + size]
+            start, size = start + size, min(size * 4, 1024)
             with self.db.engine.connect() as conn:
                 stmt = select(archival.c.id, archival.c.text, archival.c.meta, archival.c.user).where(
                     archival.c.app == app, archival.c.id.in_([i for i, _ in page]))
@@ -225,9 +246,9 @@ def _matches(meta: dict, filters: dict) -> bool:
     for k, want in filters.items():
         have = meta.get(k)
         if isinstance(want, list):
-            if have not in want:
+            if not any(json_equal(have, w) for w in want):
                 return False
-        elif have != want:
+        elif not json_equal(have, want):
             return False
     return True
 

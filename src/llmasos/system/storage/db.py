@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class Database:
         kwargs: dict = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["json_serializer"] = _sqlite_json
         elif schema is not None:
             kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
             kwargs["pool_pre_ping"] = True
@@ -75,9 +77,23 @@ class Database:
         self.engine.dispose()
 
 
+def _sqlite_json(value) -> str | bytes:  # noqa: ANN001
+    """JSON for a SQLite JSON column. A bare number goes in as a BLOB (read back by json.loads all the same):
+    as TEXT, the column's NUMERIC affinity would turn '1.0' into the integer 1 and 10**30 into a rounded REAL."""
+    text = json.dumps(value)
+    return text.encode() if isinstance(value, int | float) and not isinstance(value, bool) else text
+
+
 def _sqlite_pragmas(dbapi_conn, synchronous: str) -> None:  # noqa: ANN001
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA synchronous={synchronous}")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+    # SQLite's own lower() folds ASCII only; PostgreSQL's folds all of Unicode. Same answers on both backends
+    # (recall's case-insensitive text search lowers the content).
+    dbapi_conn.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _lower(value):  # noqa: ANN001, ANN202
+    return value.lower() if isinstance(value, str) else value

@@ -2,8 +2,9 @@
 
 The database is the source of truth (SQLite, or PostgreSQL without pgvector as here); each scope (one app's
 archival memory, one session's messages) is loaded once into a numpy matrix and kept in sync: every search
-asks the database for the scope's row count and newest id (one indexed query), appends rows written since,
-by this process or another replica, and reloads the scope only when rows were deleted.
+asks the database for the scope's row count, newest id and newest `created_at` (one indexed query), appends
+rows written since, by this process or another replica, and reloads the scope only when rows were deleted (or
+an id came back: SQLite hands the largest id out again after that row is deleted).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class _Scope:
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     vecs: np.ndarray | None = None
     last_id: int = 0
+    newest: float | None = None  # max(created_at) when last synced
 
 
 class VectorIndex:
@@ -38,13 +40,14 @@ class VectorIndex:
         key = (table.name, tuple(sorted(scope.items())))
         where = self._where(table, scope)
         with self.db.engine.connect() as conn:
-            count, max_id = conn.execute(select(func.count(), func.max(table.c.id)).where(where)).one()
+            count, max_id, newest = conn.execute(
+                select(func.count(), func.max(table.c.id), func.max(table.c.created_at)).where(where)).one()
             count, max_id = int(count or 0), int(max_id or 0)
             s = self._scopes.get(key)
-            if s is not None and len(s.ids) == count and s.last_id == max_id:
+            if s is not None and len(s.ids) == count and s.last_id == max_id and s.newest == newest:
                 return s
-            if s is None or max_id < s.last_id:
-                s = _Scope()
+            if s is None or max_id < s.last_id or (max_id == s.last_id and s.newest != newest):
+                s = _Scope()  # the newest rows were deleted, or their ids reused for new rows: start over
             rows = conn.execute(select(table.c.id, table.c.embedding).where(where, table.c.id > s.last_id)
                                 .order_by(table.c.id)).all()
         if rows:
@@ -53,17 +56,18 @@ class VectorIndex:
             s.ids = np.concatenate([s.ids, new_ids])
             s.vecs = new_vecs.copy() if s.vecs is None else np.concatenate([s.vecs, new_vecs])
             s.last_id = int(new_ids[-1])
+        s.newest = newest
         if len(s.ids) != count:  # rows were deleted since we loaded: start over
             self._scopes.pop(key, None)
-            return self._sync_fresh(table, scope, key)
+            return self._sync_fresh(table, scope, key, newest)
         self._scopes[key] = s
         return s
 
-    def _sync_fresh(self, table: Table, scope: dict, key: tuple) -> _Scope:
+    def _sync_fresh(self, table: Table, scope: dict, key: tuple, newest: float | None) -> _Scope:
         with self.db.engine.connect() as conn:
             rows = conn.execute(select(table.c.id, table.c.embedding).where(self._where(table, scope))
                                 .order_by(table.c.id)).all()
-        s = _Scope()
+        s = _Scope(newest=newest)
         if rows:
             s.ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             s.vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim).copy()
