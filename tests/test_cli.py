@@ -48,22 +48,40 @@ def test_bad_options_fail_cleanly(llama_dir, args):
 
 
 def test_chat_streams_replies_and_handles_commands(llama_dir):
-    r = run_cli("chat", "--model", str(llama_dir), "--dtype", "float32", "--max-tokens", "5", "--seed", "0",
+    r = run_cli("chat", "--raw", "--model", str(llama_dir), "--dtype", "float32", "--max-tokens", "5", "--seed", "0",
                 stdin="hello\n/reset\nsecond question\n/exit\nnever read\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("assistant> ") == 2
     assert "conversation cleared" in r.stderr
 
 
-def test_chat_uses_the_default_model_when_none_is_named(tmp_path):
-    r = run_cli("chat", "--max-tokens", "16", "--temperature", "0", stdin="Who are you?\n", env_home=tmp_path)
+def test_chat_opens_the_assistant_app_on_the_default_model(tmp_path):
+    """The main job: the OS on SmolLM2 with the assistant app, its memory kept in the data directory."""
+    data = tmp_path / "data"
+    r = run_cli("chat", "--data-dir", str(data), "--session", "s1",
+                stdin="What does the word harbor mean?\nwhat is 12*(3+4)?\n", env_home=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "SmolLM2-135M-Instruct" in r.stderr
-    assert "assistant> " in r.stdout and len(r.stdout.split()) > 5
+    assert "SmolLM2-135M-Instruct" in r.stderr and "app assistant" in r.stderr
+    replies = [line for line in r.stdout.split("assistant> ") if line.strip()]
+    assert len(replies) == 2 and len(replies[0].split()) > 5 and "84" in replies[1]
+    # The session lives on: the same data directory and session id resume it.
+    from llmasos.system.storage.db import Database, sqlite_url
+    from llmasos.system.storage.tables import messages
+
+    db = Database(sqlite_url(data))
+    with db.engine.connect() as conn:
+        rows = conn.execute(messages.select().where(messages.c.session == "s1")).all()
+    db.close()
+    assert [r.role for r in rows] == ["user", "assistant", "user", "assistant"]
 
 
-def test_chat_serves_the_builtin_model_by_name(tmp_path):
-    r = run_cli("chat", "--model", "builtin", "--max-tokens", "16", "--temperature", "0", stdin="Who are you?\n",
-                env_home=tmp_path)
+def test_raw_chat_serves_the_builtin_model_by_name(tmp_path):
+    r = run_cli("chat", "--raw", "--model", "builtin", "--max-tokens", "16", "--temperature", "0",
+                stdin="Who are you?\n", env_home=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "assistant> " in r.stdout and "LLMasOS" in r.stdout
+
+
+def test_chat_with_an_unknown_app_fails_cleanly(tmp_path):
+    r = run_cli("chat", "nosuchapp", "--model", "builtin", "--data-dir", str(tmp_path / "d"), stdin="hi\n")
+    assert r.returncode == 2 and "no app 'nosuchapp'" in r.stderr and "Traceback" not in r.stderr

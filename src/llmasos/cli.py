@@ -151,16 +151,86 @@ def generate(
 
 @app.command()
 def chat(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The app to talk to")] = "assistant",
     model: ModelOpt = None, dtype: DtypeOpt = "auto", threads: ThreadsOpt = None,
-    system: Annotated[str | None, typer.Option(help="System prompt")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="The OS's data directory (default ~/.llmasos)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="An OS config file (TOML or YAML)")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Resume this session (default: a new one)")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Talk to the model directly, without the OS and its apps")] = False,
+    system: Annotated[str | None, typer.Option(help="System prompt (--raw)")] = None,
     max_tokens: MaxTokOpt = 256, temperature: TempOpt = 0.7, top_k: TopKOpt = 0, top_p: TopPOpt = 0.95,
     min_p: MinPOpt = 0.0, repetition_penalty: RepOpt = 1.1, frequency_penalty: FreqOpt = 0.0,
     presence_penalty: PresOpt = 0.0, no_repeat_ngram_size: NgramOpt = 0, stop: StopOpt = None, seed: SeedOpt = None,
     adapter: AdapterOpt = None,
 ) -> None:
-    """Chat with the model in the terminal, replies streamed token by token. /reset clears, /exit quits."""
-    params = _params(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
-                     presence_penalty, no_repeat_ngram_size, stop, seed)
+    """Chat in the terminal with an app on the OS (default: the assistant, with memory and tools), replies
+    streamed. --raw talks to the model alone. /reset starts a new session, /exit quits."""
+    if raw or adapter is not None:
+        params = _params(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+                         presence_penalty, no_repeat_ngram_size, stop, seed)
+        return _raw_chat(model, dtype, threads, system, params, adapter)
+    _os_chat(app_name, model, dtype, threads, data_dir, config, session)
+
+
+def _os_chat(app_name: str, model: str | None, dtype: str, threads: int | None, data_dir: Path | None,
+             config: Path | None, session: str | None) -> None:
+    import uuid
+
+    from llmasos.system.errors import SystemCallError
+    from llmasos.system.os import OS
+
+    overrides: dict = {"model": {"name": model, "dtype": dtype, "threads": threads}}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    label = model or default_model_label(default_model())
+    try:
+        with err.status(f"booting LLMasOS on {label}..."):
+            os_ = OS(config, **overrides)
+            os_.app(app_name)
+    except (ValueError, FileNotFoundError, SystemCallError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        eng = os_.llm.engine
+        err.print(f"[dim]app {app_name} on {label} ({eng.model.config.num_params / 1e6:.0f}M parameters, "
+                  f"{os_.services.window}-token window); data in {os_.config.data_dir}[/dim]")
+        err.print("[dim]/reset starts a new session, /exit or Ctrl-D quits[/dim]")
+        sid = session or f"cli-{uuid.uuid4().hex[:8]}"
+        interactive = sys.stdin.isatty()
+
+        async def reply(line: str) -> None:
+            async for piece in os_.handle_stream(app_name, sid, line):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+        while True:
+            try:
+                line = input("you> " if interactive else "").strip()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not line:
+                continue
+            if line in ("/exit", "/quit"):
+                break
+            if line == "/reset":
+                sid = f"cli-{uuid.uuid4().hex[:8]}"
+                err.print("[dim]new session[/dim]")
+                continue
+            sys.stdout.write(f"{app_name}> ")
+            try:
+                os_.run(reply(line))
+            except SystemCallError as exc:
+                err.print(f"\n[red]error:[/red] {exc.message}")
+            except KeyboardInterrupt:
+                for p in os_.ps(state="running"):
+                    os_.kill(p["pid"])
+            print()
+    finally:
+        os_.shutdown()
+
+
+def _raw_chat(model: str | None, dtype: str, threads: int | None, system: str | None, params: SamplingParams,
+              adapter: Path | None) -> None:
     engine = _engine(model, dtype, threads, adapter)
     if not getattr(engine.tokenizer, "chat_template", None):
         err.print("[red]error:[/red] this model has no chat template; use `llmasos generate`")

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from llmasos.system.manifest import Manifest
@@ -42,6 +42,11 @@ class App:
     async def chat(self, ctx: Any, session_id: str, message: str) -> str:
         out = await ctx.llm.chat(session=session_id, message=message)
         return out["text"]
+
+    async def chat_stream(self, ctx: Any, session_id: str, message: str) -> AsyncIterator[str]:
+        """The reply in pieces as it is generated; by default the whole `chat` reply at once. Override it (and
+        make `chat` join it) to stream."""
+        yield str(await self.chat(ctx, session_id, message))
 
     def handlers(self) -> dict[str, Callable]:
         out = {"chat": self.chat}

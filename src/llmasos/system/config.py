@@ -52,7 +52,7 @@ class MemoryConfig(BaseModel):
 
 class OSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data_dir: Path = Field(default=Path(".llmasos"))
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".llmasos", description="LLMASOS_DATA_DIR")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; None: SQLite in data_dir")
     database_schema: str | None = Field(default=None, description="PostgreSQL schema to use (created if missing)")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(

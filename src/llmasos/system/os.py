@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,32 @@ class OS:
                                 f"(pid {proc.pid})") from exc
         procs.finish(proc)
         return result
+
+    async def handle_stream(self, app: str, session_id: str, message: str, *, user: str = "") -> AsyncIterator[str]:
+        """The app's chat reply piece by piece (`App.chat_stream`), run as a handler process like `handle`."""
+        a = self.app(app)
+        ctx = self.context(app, user)
+        procs = self.services.procs
+        proc = procs.spawn(app, str(ctx.transport.principal), "handler", session=session_id,
+                           priority=a.manifest.priority)
+        procs.set_state(proc, ProcState.RUNNING)
+        token = current_pid.set(proc.pid)
+        try:
+            async with asyncio.timeout(a.manifest.handler_timeout):
+                async for piece in a.chat_stream(ctx, session_id, message):
+                    yield piece
+        except TimeoutError as exc:
+            procs.finish(proc, ProcState.FAILED, "timed out")
+            raise ProcessFailed(f"app {app!r} chat timed out after {a.manifest.handler_timeout:g}s") from exc
+        except SystemCallError as exc:
+            procs.finish(proc, ProcState.FAILED, exc.message)
+            raise
+        except Exception as exc:
+            procs.finish(proc, ProcState.FAILED, f"{type(exc).__name__}: {exc}")
+            raise ProcessFailed(f"app {app!r} chat failed: {type(exc).__name__}: {exc} (pid {proc.pid})") from exc
+        finally:
+            current_pid.reset(token)
+            procs.finish(proc)
 
     # -- sync conveniences -----------------------------------------------------------------------------
     def run(self, coro: Coroutine) -> Any:
