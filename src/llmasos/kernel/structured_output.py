@@ -26,9 +26,9 @@ class StructuredOutputManager:
 
         if spec.json is not None:
             schema = json.loads(spec.json) if isinstance(spec.json, str) else spec.json
-            return LLMatcher.grammar_from_json_schema(schema)
+            return LLMatcher.grammar_from_json_schema(compact_json(schema))
         if spec.json_object:
-            return LLMatcher.grammar_from_json_schema({"type": "object"})
+            return LLMatcher.grammar_from_json_schema(compact_json({"type": "object"}))
         if spec.regex is not None:
             return LLMatcher.grammar_from_regex(spec.regex)
         if spec.choice is not None:
@@ -71,3 +71,11 @@ class StructuredOutputManager:
         n = min(vocab_size, allowed.shape[1], self.vocab_size)
         out[:, :n] = allowed[:, :n]
         return out.to(device)
+
+
+def compact_json(schema: dict) -> dict:
+    """Single-line JSON unless the schema sets its own `x-guidance`: with free whitespace a small model can emit
+    newlines inside an object until max_tokens cuts it, and the output no longer parses."""
+    if not isinstance(schema, dict) or "x-guidance" in schema:
+        return schema
+    return {**schema, "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}

@@ -40,6 +40,8 @@ class LLMClient:
 
         out = await self.chat(messages, max_tokens=max_tokens,
                               response_format={"type": "json_schema", "json_schema": {"schema": schema}}, **kwargs)
+        if out["finish_reason"] == "length":
+            raise ValueError(f"the reply hit max_tokens={max_tokens} before the JSON was complete; raise max_tokens")
         return json.loads(out["text"])
 
 

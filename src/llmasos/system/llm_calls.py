@@ -422,13 +422,11 @@ def _tool_schema(tools: list[Tool], choice: Any) -> StructuredOutput:
     calls = {"type": "object", "properties": {"tool_calls": {"type": "array", "minItems": 1, "maxItems": 4,
                                                              "items": {"anyOf": one}}},
              "required": ["tool_calls"], "additionalProperties": False}
-    # Compact JSON: with free whitespace a small model can loop on newlines inside the object forever.
-    compact = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     if choice == "auto":
         answer = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"],
                   "additionalProperties": False}
-        return StructuredOutput(json={"anyOf": [calls, answer], "x-guidance": compact})
-    return StructuredOutput(json={**calls, "x-guidance": compact})
+        return StructuredOutput(json={"anyOf": [calls, answer]})
+    return StructuredOutput(json=calls)
 
 
 def _parse_tool_calls(text: str) -> list[dict] | None:
