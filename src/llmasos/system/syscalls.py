@@ -33,44 +33,44 @@ class CallContext:
 class Syscall:
     name: str
     permission: str | None  # None: any principal of the app (acting on its own objects only)
-    audited: str  # what the audit row carries beyond the digest (for docs/system.md)
+    audited: str  # what its audit row carries beyond the common fields (docs/system.md)
     offload: bool = True  # run in a worker thread (database, embedder), keeping the event loop free
 
 
 # The syscall table: name -> permission. LLM calls live in llm_calls.py and are registered there.
 TABLE: dict[str, Syscall] = {s.name: s for s in [
-    Syscall("llm.chat", "llm", "pid, tokens in+out, memory report, tool calls, flags", offload=False),
-    Syscall("llm.complete", "llm", "pid, tokens in+out", offload=False),
-    Syscall("memory.summarize", "memory.write", "pid of the last summary process", offload=False),
-    Syscall("embed", "embed", "texts count, tokens"),
-    Syscall("memory.append", "memory.write", "session, role"),
-    Syscall("memory.history", "memory.read", "session"),
+    Syscall("llm.chat", "llm", "pid, tokens; flags: injection, needs_approval, stripped_urls", offload=False),
+    Syscall("llm.complete", "llm", "pid, tokens", offload=False),
+    Syscall("memory.summarize", "memory.write", "pid (the last summary process)", offload=False),
+    Syscall("embed", "embed", "tokens"),
+    Syscall("memory.append", "memory.write", ""),
+    Syscall("memory.history", "memory.read", ""),
     Syscall("memory.sessions", "memory.read", ""),
-    Syscall("memory.search", "memory.read", "k; recall by embedding"),
-    Syscall("memory.search_text", "memory.read", "k; recall by words"),
-    Syscall("memory.archive", "memory.write", "items stored"),
-    Syscall("memory.archival_search", "memory.read", "k, filters"),
-    Syscall("memory.archival_delete", "memory.write", "item id"),
+    Syscall("memory.search", "memory.read", ""),
+    Syscall("memory.search_text", "memory.read", ""),
+    Syscall("memory.archive", "memory.write", ""),
+    Syscall("memory.archival_search", "memory.read", ""),
+    Syscall("memory.archival_delete", "memory.write", ""),
     Syscall("memory.core_get", "memory.read", ""),
-    Syscall("memory.core_set", "memory.write", "label"),
-    Syscall("memory.context", "memory.read", "the context report"),
-    Syscall("storage.kv_get", "storage", "key digest"),
-    Syscall("storage.kv_set", "storage", "bytes"),
+    Syscall("memory.core_set", "memory.write", ""),
+    Syscall("memory.context", "memory.read", ""),
+    Syscall("storage.kv_get", "storage", ""),
+    Syscall("storage.kv_set", "storage", ""),
     Syscall("storage.kv_delete", "storage", ""),
     Syscall("storage.kv_list", "storage", ""),
-    Syscall("storage.doc_put", "storage", "collection"),
-    Syscall("storage.doc_get", "storage", "collection"),
-    Syscall("storage.doc_delete", "storage", "collection"),
-    Syscall("storage.doc_find", "storage", "collection"),
-    Syscall("storage.file_write", "storage", "bytes"),
+    Syscall("storage.doc_put", "storage", ""),
+    Syscall("storage.doc_get", "storage", ""),
+    Syscall("storage.doc_delete", "storage", ""),
+    Syscall("storage.doc_find", "storage", ""),
+    Syscall("storage.file_write", "storage", ""),
     Syscall("storage.file_read", "storage", ""),
     Syscall("storage.file_list", "storage", ""),
     Syscall("storage.file_delete", "storage", ""),
     Syscall("tools.list", None, ""),
-    Syscall("tools.call", "tools:<name>", "tool, flags (untrusted output, injection findings)", offload=False),
+    Syscall("tools.call", "tools:<name>", "flags: tool, untrusted, injection", offload=False),
     Syscall("process.ps", None, ""),
-    Syscall("process.kill", None, "pid"),
-    Syscall("process.renice", None, "pid, priority"),
+    Syscall("process.kill", None, ""),
+    Syscall("process.renice", None, ""),
     Syscall("audit.query", None, ""),
 ]}
 
