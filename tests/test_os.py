@@ -381,3 +381,20 @@ def test_apps_from_a_folder_and_from_entry_points(make_os, tmp_path: Path, monke
     assert os_.chat("echo", "s", "shout") == "SHOUT"
     with pytest.raises(ValueError, match="no app named 'ghost'"):
         make_os(apps=["ghost"])
+
+
+@SQLITE_ONLY
+def test_audit_details_follow_the_apps_log_policy_and_default_quotas_apply(make_os):
+    os_ = make_os(default_quotas={"storage_bytes": 300})
+    os_.install(type("Logged", (App,), {"manifest": Manifest(name="logged", permissions=["storage"])})())
+    os_.install(type("Open", (App,), {"manifest": Manifest(name="open", permissions=["storage"],
+                                                           pii={"logs": "allow"})})())
+    for name in ("logged", "open"):
+        with pytest.raises(NotFound):
+            os_.call(name, "storage.kv_get", key="jane.doe@example.com")
+    logged = os_.call("logged", "audit.query", decision="denied")[0]["detail"]
+    assert "jane.doe@example.com" not in logged and "[EMAIL]" in logged
+    assert "jane.doe@example.com" in os_.call("open", "audit.query", decision="denied")[0]["detail"]
+    assert os_.services.apps.get("logged").quotas.storage_bytes == 300  # the config's default fills the gap
+    with pytest.raises(QuotaExceeded):
+        os_.call("logged", "storage.kv_set", key="big", value="x" * 400)

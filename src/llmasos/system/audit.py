@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from llmasos.system.errors import InvalidRequest
+from llmasos.system.guards.pii import redact
 from llmasos.system.storage.db import Database
 from llmasos.system.storage.tables import audit
 
@@ -24,16 +25,18 @@ def digest(args: Any) -> str:
 
 
 class AuditLog:
-    def __init__(self, db: Database, redact=None) -> None:  # noqa: ANN001
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.redact = redact  # applied to `detail`, so error messages quoting user data keep no PII
 
     def record(self, *, principal: str, app: str | None, call: str, args: Any, decision: str, detail: str | None = None,
-               pid: int | None = None, tokens: int = 0, latency_ms: float = 0.0, flags: dict | None = None) -> None:
+               pid: int | None = None, tokens: int = 0, latency_ms: float = 0.0, flags: dict | None = None,
+               pii: str = "redact") -> None:
+        """`pii`: the app's logs policy for `detail` (error messages can quote user data); `refuse` redacts,
+        since a log line cannot be refused."""
         if detail is not None:
             detail = detail.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")[:2000]
-            if self.redact is not None:
-                detail = self.redact(detail)
+            if pii != "allow":
+                detail = redact(detail, "mask" if pii == "mask" else "redact")[0]
         with self.db.engine.begin() as conn:
             conn.execute(insert(audit).values(time=time.time(), principal=principal[:200], app=app, call=call,
                                               args_digest=digest(args), decision=decision, detail=detail, pid=pid,

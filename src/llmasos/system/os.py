@@ -23,7 +23,6 @@ from llmasos.system.apps import AppTable
 from llmasos.system.audit import AuditLog
 from llmasos.system.config import OSConfig, load_config
 from llmasos.system.errors import InvalidRequest, NotFound, ProcessFailed, SystemCallError
-from llmasos.system.guards.pii import redact
 from llmasos.system.llm_calls import LLMCalls, current_pid
 from llmasos.system.manifest import Manifest
 from llmasos.system.memory.codec import CharCodec, ChatCodec
@@ -104,7 +103,7 @@ class OS:
         shares = ContextShares(summary=m.summary_share, recall=m.recall_share)
         return Services(
             db=self.db, data_dir=self.config.data_dir, store=Store(self.db), apps=AppTable(self.db),
-            keys=KeyStore(self.db), audit=AuditLog(self.db, redact=lambda t: redact(t)[0]),
+            keys=KeyStore(self.db), audit=AuditLog(self.db),
             procs=ProcessTable(self.config.process_history), tools=ToolRegistry(), recall=recall, archival=archival,
             core=core, summaries=summaries,
             context=ContextBuilder(codec, recall, archival, core, summaries, shares, m.recall_k), codec=codec,
@@ -137,6 +136,10 @@ class OS:
         manifest = app.manifest
         if not isinstance(manifest, Manifest):
             raise InvalidRequest("an app needs a Manifest")
+        # The config's default quotas fill what the manifest leaves unlimited.
+        defaults = self.config.default_quotas.model_dump()
+        quotas = {k: v if v is not None else defaults[k] for k, v in manifest.quotas.model_dump().items()}
+        manifest = manifest.model_copy(update={"quotas": manifest.quotas.model_validate(quotas)})
         self.services.apps.install(manifest)
         self.services.tools.unregister_app(manifest.name)
         for tool in app.tools():

@@ -151,7 +151,7 @@ class SystemCalls:
         self.s.audit.record(principal=str(principal), app=cc.app if cc else principal.app, call=name, args=args,
                             decision=decision, detail=extra.get("detail"), pid=extra.get("pid"),
                             tokens=extra.get("tokens", 0), latency_ms=(time.perf_counter() - t0) * 1000,
-                            flags=extra.get("flags"))
+                            flags=extra.get("flags"), pii=cc.manifest.pii.logs if cc else "redact")
 
     async def stream(self, principal: Principal, name: str, args: dict | None = None, *,
                      app: str | None = None) -> AsyncIterator[Any]:
