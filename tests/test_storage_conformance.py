@@ -899,7 +899,7 @@ def test_summary_store(database: Database):
 # -- audit log ----------------------------------------------------------------------------------------------------
 
 def test_audit_record_and_query(database: Database):
-    log = AuditLog(database, redact=lambda s: s.replace("alice@example.com", "[EMAIL]"))
+    log = AuditLog(database)
     log.record(principal="a", app="a", call="storage.kv_set", args={"key": "k"}, decision="allowed", tokens=3,
                latency_ms=1.5, pid=7, flags={"pii": ["email"]})
     log.record(principal="b", app="b", call="storage.kv_get", args={"key": "k"}, decision="allowed")
@@ -937,13 +937,29 @@ def test_audit_is_append_only_in_the_database(database: Database):
     log.record(principal="a", app="a", call="storage.kv_set", args={"k": 1}, decision="allowed")
     before = raw_rows(database, "SELECT * FROM audit")
     assert len(before) == 1
-    for sql in ("UPDATE audit SET decision = 'denied'", "UPDATE audit SET app = 'b' WHERE id > 0",
-                "DELETE FROM audit", "DELETE FROM audit WHERE app = 'a'"):
+    statements = ["UPDATE audit SET decision = 'denied'", "UPDATE audit SET app = 'b' WHERE id > 0",
+                  "DELETE FROM audit", "DELETE FROM audit WHERE app = 'a'"]
+    if database.dialect == "postgresql":
+        statements.append("TRUNCATE audit")
+    for sql in statements:
         with pytest.raises(sa.exc.DBAPIError, match="append-only"), database.engine.begin() as conn:
             conn.execute(sa.text(sql))
     assert raw_rows(database, "SELECT * FROM audit") == before
     log.record(principal="a", app="a", call="storage.kv_get", args={}, decision="allowed")  # appending still works
     assert len(log.query(app="a")) == 2
+
+
+def test_ids_are_never_reused_after_a_delete(database: Database):
+    """A client holding an old id must never reach a newer item through it (SQLite AUTOINCREMENT)."""
+    now = time.time()
+    with database.engine.begin() as conn:
+        ids = [conn.execute(sa.insert(archival).values(app="a", user="", text=f"t{i}", meta={}, embedding=b"\0" * 4,
+                                                       created_at=now).returning(archival.c.id)).scalar_one()
+               for i in range(2)]
+        conn.execute(sa.delete(archival).where(archival.c.id == ids[-1]))
+        new = conn.execute(sa.insert(archival).values(app="a", user="", text="t2", meta={}, embedding=b"\0" * 4,
+                                                      created_at=now).returning(archival.c.id)).scalar_one()
+    assert new > ids[-1]
 
 
 # -- API keys -----------------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ messages = Table(  # recall memory: every turn of every session, in order
     Column("embedding", LargeBinary),
     Column("created_at", Float, nullable=False),
     Index("ix_messages_session", "app", "session", "id"),
+    sqlite_autoincrement=True,  # ids are never reused (migration 0002)
 )
 
 summaries = Table(  # the rolling summary of a session's turns older than the verbatim window
@@ -106,6 +107,7 @@ archival = Table(  # long-term memory, searched by embedding with metadata filte
     Column("embedding", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
     Index("ix_archival_app", "app", "user", "id"),
+    sqlite_autoincrement=True,
 )
 
 audit = Table(  # append-only: triggers refuse UPDATE and DELETE
@@ -123,4 +125,5 @@ audit = Table(  # append-only: triggers refuse UPDATE and DELETE
     Column("latency_ms", Float, nullable=False),
     Column("flags", JSON),
     Index("ix_audit_app_time", "app", "time"),
+    sqlite_autoincrement=True,
 )
