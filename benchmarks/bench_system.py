@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -411,7 +412,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     console = Console(width=None if sys.stdout.isatty() else 200)
     threads = torch.get_num_threads()
-    console.print(f"CPU: {cpu_model()}; {os.cpu_count()} logical CPUs; torch threads: {threads}")
+    load0 = os.getloadavg()[0]
+    console.print(f"CPU: {cpu_model()}; {os.cpu_count()} logical CPUs; torch threads: {threads}; "
+                  f"load average {load0:.2f} (anything else running skews these timings)")
     model_path = default_model()
     t = time.perf_counter()
     codec = ChatCodec(load_tokenizer(model_path))
@@ -422,6 +425,7 @@ def main() -> None:
 
     backends: list[tuple[str, str, str | None]] = []
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="llmasos-bench-system-"))
+    own_work = args.work_dir is None
     work.mkdir(parents=True, exist_ok=True)
     backends.append(("sqlite", f"sqlite:///{work / f'bench-{uuid.uuid4().hex[:8]}.db'}", None))
     notes = []
@@ -454,6 +458,8 @@ def main() -> None:
                 if schema is not None:
                     db.drop_schema()
                 db.close()
+    if own_work:
+        shutil.rmtree(work, ignore_errors=True)
 
     table = Table(title=f"Context build: {args.turns:,}-turn session, summary, {args.archival:,} archival items, "
                         f"max_tokens {args.max_tokens}, SmolLM2 template ({args.calls} builds each)")
@@ -487,13 +493,15 @@ def main() -> None:
                       f"{r['loop_median_us']:.0f}", f"{r['loop_p95_us']:.0f}", f"{r['overhead_us']:.0f}",
                       f"{r['sync_median_us']:.0f}", f"{r['sync_p95_us']:.0f}", f"{r['audit_write_us']:.0f}")
     console.print(table)
-    console.print(f"total {time.perf_counter() - t_all:.0f}s")
+    load1 = os.getloadavg()[0]
+    console.print(f"total {time.perf_counter() - t_all:.0f}s; load average {load0:.2f} before, {load1:.2f} after")
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": threads,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "notes": notes,
+            "loadavg_before": load0, "loadavg_after": load1,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "context_build": ctx_rows, "context_breakdown": bd_rows, "syscalls": sys_rows}, indent=2))
         console.print(f"wrote {args.json}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, delete, func, insert, or_, select
+from sqlalchemy import delete, func, insert, or_, select
 
 from llmasos.system.errors import InvalidRequest, NotFound
 from llmasos.system.storage.db import Database
@@ -115,10 +115,10 @@ class RecallMemory:
 
     def count_below(self, app: str, session: str, bounds: list[int]) -> list[int]:
         """For each bound, how many of the session's messages have a smaller id (one query for all)."""
-        cols = [func.coalesce(func.sum(case((messages.c.id < b, 1), else_=0)), 0) for b in bounds]
+        cols = [select(func.count()).select_from(messages).where(
+            messages.c.app == app, messages.c.session == session, messages.c.id < b).scalar_subquery() for b in bounds]
         with self.db.engine.connect() as conn:
-            row = conn.execute(select(*cols).where(messages.c.app == app, messages.c.session == session)).one()
-        return [int(n) for n in row]
+            return [int(n or 0) for n in conn.execute(select(*cols)).one()]
 
     def count(self, app: str, session: str, *, below_id: int | None = None, above_id: int | None = None) -> int:
         q = select(func.count()).select_from(messages).where(messages.c.app == app, messages.c.session == session)
