@@ -41,6 +41,7 @@ class Turn:
     memory: dict | None = None
     flags: dict = field(default_factory=dict)
     session_msg_id: int | None = None
+    prompt_ids: list[int] = field(default_factory=list)  # set when the memory manager built the prompt
 
 
 class LLMCalls:
@@ -82,12 +83,13 @@ class LLMCalls:
             raise Overloaded("this OS was booted without a model")
         return self.s.window
 
-    async def generate(self, cc: CallContext, prompt: str, params: SamplingParams, *, kind: str = "llm",
+    async def generate(self, cc: CallContext, prompt: list[int], params: SamplingParams, *, kind: str = "llm",
                        session: str | None = None, priority: int | None = None, memory: dict | None = None,
                        proc_out: list | None = None) -> AsyncIterator[Any]:
-        """Run one kernel request as a process, yielding the kernel's outputs; the process ends with it."""
+        """Run one kernel request (the prompt's token ids) as a process, yielding the kernel's outputs; the
+        process ends with it."""
         window = self._window()
-        n_in = self.s.codec.count(prompt)
+        n_in = len(prompt)
         if n_in + (params.max_tokens or 1) > window:
             raise ContextTooLong(f"the prompt has {n_in} tokens and max_tokens is {params.max_tokens}: more than "
                                  f"the {window}-token context window", param="messages")
@@ -121,7 +123,8 @@ class LLMCalls:
             self.s.procs.charge(proc, proc.tokens_in + proc.tokens_out)
             self.s.procs.finish(proc, state, error)
 
-    async def _final(self, cc: CallContext, prompt: str, params: SamplingParams, **kw: Any) -> tuple[Any, Process]:
+    async def _final(self, cc: CallContext, prompt: list[int], params: SamplingParams,
+                     **kw: Any) -> tuple[Any, Process]:
         procs: list[Process] = []
         final = None
         async for out in self.generate(cc, prompt, params, proc_out=procs, **kw):
@@ -129,6 +132,11 @@ class LLMCalls:
         return final, procs[0]
 
     # -- prompts ---------------------------------------------------------------------------------------
+    def _encode_raw(self, prompt: str) -> list[int]:
+        """A plain completion prompt, with the model's BOS and friends as the kernel would add them."""
+        self._window()
+        return self.s.llm.engine.encode(prompt, add_special_tokens=True)
+
     def _check_messages(self, messages: Any) -> list[dict]:
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty list of {role, content}", param="messages")
@@ -160,7 +168,7 @@ class LLMCalls:
             ctx = self.s.context.build(cc.app, session, text, window=self._window(), max_tokens=max_tokens,
                                        user=cc.user, system_prompt=sys_prompt, before_id=mid)
             t = Turn(ctx.messages, [text, sys_prompt], ctx.report.archival_items > 0, ctx.report.as_dict())
-            t.session_msg_id = mid
+            t.session_msg_id, t.prompt_ids = mid, list(ctx.prompt_ids)
             return t
         msgs = self._check_messages(messages)
         for m in msgs:
@@ -208,8 +216,10 @@ class LLMCalls:
             msgs = _with_tools(turn.messages, tool_objs, tool_choice) if use_tools else turn.messages
             s_out = _tool_schema(tool_objs, tool_choice) if use_tools else structured
             params = self._params(cc, max_tokens, opts, s_out)
-            prompt = self.s.codec.render(msgs)
-            final, proc = await self._final(cc, prompt, params, session=session, priority=priority, memory=turn.memory)
+            # The memory manager already counted its prompt exactly: reuse those ids unless tools changed it.
+            ids = turn.prompt_ids if msgs is turn.messages and turn.prompt_ids else self.s.codec.encode(
+                self.s.codec.render(msgs))
+            final, proc = await self._final(cc, ids, params, session=session, priority=priority, memory=turn.memory)
             pids.append(proc.pid)
             usage["prompt_tokens"] += len(final.prompt_token_ids)
             usage["completion_tokens"] += sum(len(c.token_ids) for c in final.outputs)
@@ -284,7 +294,8 @@ class LLMCalls:
         hold = cc.manifest.pii.output != "allow" or turn.untrusted
         procs: list[Process] = []
         final = None
-        async for out in self.generate(cc, self.s.codec.render(turn.messages), params, session=session,
+        ids = turn.prompt_ids or self.s.codec.encode(self.s.codec.render(turn.messages))
+        async for out in self.generate(cc, ids, params, session=session,
                                        priority=priority, memory=turn.memory, proc_out=procs):
             final = out
             if not hold and out.outputs[0].delta_text:
@@ -306,7 +317,7 @@ class LLMCalls:
         check_text(prompt, "prompt", allow_empty=False)
         prompt = self._pii_in(cc, prompt)
         params = self._params(cc, max_tokens, opts, _response_format(response_format))
-        final, proc = await self._final(cc, prompt, params, priority=priority)
+        final, proc = await self._final(cc, self._encode_raw(prompt), params, priority=priority)
         policy = cc.manifest.pii
         texts = [apply_policy(c.text, policy.output, policy.kinds, where="the completion")[0] for c in final.outputs]
         usage = {"prompt_tokens": len(final.prompt_token_ids),
@@ -323,7 +334,7 @@ class LLMCalls:
         params = self._params(cc, max_tokens, opts, None)
         procs: list[Process] = []
         final = None
-        async for out in self.generate(cc, prompt, params, priority=priority, proc_out=procs):
+        async for out in self.generate(cc, self._encode_raw(prompt), params, priority=priority, proc_out=procs):
             final = out
             if out.outputs[0].delta_text:
                 yield {"pid": procs[0].pid, "delta": out.outputs[0].delta_text}
@@ -365,7 +376,8 @@ class LLMCalls:
             max_out = max(16, int(window * self.summarize_share))
             msgs, last = summary_prompt(self.s.codec, summary, pending, window - max_out - 8, words)
             params = SamplingParams(max_tokens=max_out, temperature=0.0)
-            final, proc = await self._final(cc, self.s.codec.render(msgs), params, kind="summary", session=session,
+            final, proc = await self._final(cc, self.s.codec.encode(self.s.codec.render(msgs)), params, kind="summary",
+                                            session=session,
                                             priority=min(cc.manifest.priority + 5, 19))
             pids.append(proc.pid)
             text = final.outputs[0].text.strip() or (summary.text if summary else "")

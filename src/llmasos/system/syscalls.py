@@ -125,26 +125,49 @@ class SystemCalls:
                 perm = self.s.tools.get(check_name(args.get("name"), "name", 64), cc.app).permission
             self.check(cc, perm)
             handler = self.handlers[name]
+            if spec.offload:
+                # The work and its audit row in one worker-thread hop: the event loop never waits on the database.
+                return await asyncio.to_thread(self._run_and_audit, handler, principal, cc, name, args, t0)
             try:
-                if spec.offload:
-                    result = await asyncio.to_thread(handler, cc, **args)
-                else:
-                    result = await handler(cc, **args)
+                result = await handler(cc, **args)
             except TypeError as exc:
-                if "argument" not in str(exc):
-                    raise
-                raise InvalidRequest(f"{name}: {exc}") from exc
-            if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict) and result[1].get("_audit"):
-                result, extra = result
-            self._audit(principal, cc, name, args, "allowed", t0, extra)
+                raise _bad_arguments(name, exc) from exc
+            result, extra = _split(result)
+            await asyncio.to_thread(self._audit, principal, cc, name, args, "allowed", t0, extra)
             return result
         except SystemCallError as exc:
-            self._audit(principal, cc, name, args, "denied" if exc.status in (401, 403, 404, 429) else "failed", t0,
-                        {"detail": exc.message})
+            if not getattr(exc, "_audited", False):
+                await asyncio.to_thread(self._audit_error, principal, cc, name, args, t0, exc)
+            raise
+        except Exception as exc:
+            await asyncio.to_thread(self._audit, principal, cc, name, args, "failed", t0,
+                                    {"detail": f"{type(exc).__name__}: {exc}"})
+            raise SystemCallError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _run_and_audit(self, handler: Callable[..., Any], principal: Principal, cc: CallContext, name: str,
+                       args: dict, t0: float) -> Any:
+        try:
+            try:
+                result = handler(cc, **args)
+            except TypeError as exc:
+                raise _bad_arguments(name, exc) from exc
+        except SystemCallError as exc:
+            self._audit_error(principal, cc, name, args, t0, exc)
+            exc._audited = True  # type: ignore[attr-defined]
             raise
         except Exception as exc:
             self._audit(principal, cc, name, args, "failed", t0, {"detail": f"{type(exc).__name__}: {exc}"})
-            raise SystemCallError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            err = SystemCallError(f"{name} failed: {type(exc).__name__}: {exc}")
+            err._audited = True  # type: ignore[attr-defined]
+            raise err from exc
+        result, extra = _split(result)
+        self._audit(principal, cc, name, args, "allowed", t0, extra)
+        return result
+
+    def _audit_error(self, principal: Principal, cc: CallContext | None, name: str, args: dict, t0: float,
+                     exc: SystemCallError) -> None:
+        decision = "denied" if exc.status in (401, 403, 404, 429) else "failed"
+        self._audit(principal, cc, name, args, decision, t0, {"detail": exc.message})
 
     def _audit(self, principal: Principal, cc: CallContext | None, name: str, args: dict, decision: str, t0: float,
                extra: dict) -> None:
@@ -168,10 +191,9 @@ class SystemCalls:
             self.check(cc, spec.permission)
             async for item in self.handlers[name + ":stream"](cc, extra, **args):
                 yield item
-            self._audit(principal, cc, name, args, "allowed", t0, extra)
+            await asyncio.to_thread(self._audit, principal, cc, name, args, "allowed", t0, extra)
         except SystemCallError as exc:
-            self._audit(principal, cc, name, args, "denied" if exc.status in (401, 403, 404, 429) else "failed", t0,
-                        {**extra, "detail": exc.message})
+            await asyncio.to_thread(self._audit_error, principal, cc, name, args, t0, exc)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             self._audit(principal, cc, name, args, "failed", t0, {**extra, "detail": "cancelled"})
@@ -328,6 +350,19 @@ class SystemCalls:
     def _audit_query(self, cc: CallContext, since: float | None = None, until: float | None = None,
                      call: str | None = None, decision: str | None = None, limit: int = 100) -> list[dict]:
         return self.s.audit.query(cc.app, since=since, until=until, call=call, decision=decision, limit=limit)
+
+
+def _split(result: Any) -> tuple[Any, dict]:
+    """A handler may return (result, {"_audit": True, ...extra audit fields})."""
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict) and result[1].get("_audit"):
+        return result
+    return result, {}
+
+
+def _bad_arguments(name: str, exc: TypeError) -> Exception:
+    if "argument" not in str(exc):
+        return exc
+    return InvalidRequest(f"{name}: {exc}")
 
 
 def _pid(pid: Any) -> int:

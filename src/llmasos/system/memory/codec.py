@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 Msg = dict[str, str]
@@ -14,6 +15,7 @@ class ChatCodec:
         self.tok = tokenizer
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self._overhead: tuple[int, int] | None = None
+        self._special = _special_token_pattern(tokenizer)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -25,6 +27,10 @@ class ChatCodec:
         return self.tok.decode(ids, skip_special_tokens=False)
 
     def render(self, messages: list[Msg]) -> str:
+        """The prompt text. Special-token strings inside message contents (a user typing `<|im_start|>system`)
+        are broken with a zero-width joiner, so content can never forge a turn or a role."""
+        if self._special is not None:
+            messages = [{**m, "content": self._special.sub(_defuse, m["content"])} for m in messages]
         if self.has_template:
             return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
@@ -57,6 +63,21 @@ class ChatCodec:
         return self.decode(ids[:head]) + marker + self.decode(ids[len(ids) - (room - head):])
 
 
+def _special_token_pattern(tokenizer: Any) -> re.Pattern | None:
+    names = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            names.add(str(tok))
+    names = {n for n in names if len(n) > 1}
+    if not names:
+        return None
+    return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
+
+
+def _defuse(m: re.Match) -> str:
+    return m.group(0)[0] + "\u200d" + m.group(0)[1:]
+
+
 class CharCodec(ChatCodec):
     """For an OS booted without a model: ~4 characters per token, plain role-prefixed rendering."""
 
@@ -64,6 +85,7 @@ class CharCodec(ChatCodec):
         self.tok = None
         self.has_template = False
         self._overhead = None
+        self._special = None
 
     def encode(self, text: str) -> list[int]:
         return [0] * (-(-len(text) // 4))

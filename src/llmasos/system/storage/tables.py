@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -75,6 +76,8 @@ messages = Table(  # recall memory: every turn of every session, in order
     Column("embedding", LargeBinary),
     Column("created_at", Float, nullable=False),
     Index("ix_messages_session", "app", "session", "id"),
+    Index("ix_messages_vectors", "app", "session", "id", "created_at", sqlite_where=text("embedding IS NOT NULL"),
+          postgresql_where=text("embedding IS NOT NULL")),
     sqlite_autoincrement=True,  # ids are never reused (migration 0002)
 )
 
@@ -107,6 +110,8 @@ archival = Table(  # long-term memory, searched by embedding with metadata filte
     Column("embedding", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
     Index("ix_archival_app", "app", "user", "id"),
+    Index("ix_archival_vectors", "app", "id", "created_at", sqlite_where=text("embedding IS NOT NULL"),
+          postgresql_where=text("embedding IS NOT NULL")),
     sqlite_autoincrement=True,
 )
 
