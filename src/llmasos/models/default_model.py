@@ -41,18 +41,24 @@ def builtin_model_dir() -> Path:
     return BUILTIN_DIR
 
 
-def packaged_gguf(package: str = DEFAULT_PACKAGE) -> Path | None:
-    """The GGUF file inside an installed model package, or None."""
+def packaged_file(package: str, suffix: str) -> Path | None:
+    """The first file whose path ends with `suffix` inside an installed distribution (found through its
+    metadata, without importing it), or None."""
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
         return None
     for f in dist.files or []:
-        if str(f).endswith(".gguf"):
+        if str(f).endswith(suffix):
             path = Path(dist.locate_file(f))
             if path.is_file():
                 return path
     return None
+
+
+def packaged_gguf(package: str = DEFAULT_PACKAGE) -> Path | None:
+    """The GGUF file inside an installed model package, or None."""
+    return packaged_file(package, ".gguf")
 
 
 @cache

@@ -4,11 +4,11 @@ any sentence-transformers model by name or path."""
 from __future__ import annotations
 
 import threading
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from llmasos.models.default_model import packaged_file
 from llmasos.system.errors import InvalidRequest
 from llmasos.system.validate import check_text
 
@@ -18,15 +18,9 @@ MAX_BATCH = 2048
 
 
 def packaged_embedder(package: str = DEFAULT_EMBEDDER_PACKAGE) -> Path | None:
-    """The model directory inside the installed package (found from its metadata), or None."""
-    try:
-        dist = metadata.distribution(package)
-    except metadata.PackageNotFoundError:
-        return None
-    for f in dist.files or []:
-        if str(f).endswith("model/modules.json"):
-            return Path(dist.locate_file(f)).parent
-    return None
+    """The model directory inside the installed package, or None."""
+    modules = packaged_file(package, "model/modules.json")
+    return None if modules is None else modules.parent
 
 
 class Embedder:
