@@ -492,3 +492,12 @@ def test_process_history_is_bounded_and_weights_reach_the_kernel(make_os):
     assert len(os_.ps(app="heavy")) == 3  # only the newest finished processes are kept
     with pytest.raises(InvalidRequest, match="more urgent"):
         os_.call("heavy", "llm.chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2, priority=-5)
+
+
+def test_a_rejected_chat_leaves_no_half_turn_behind(make_os):
+    os_ = make_os()
+    for bad in ({"temperature": -1}, {"tools": ["no_such_tool"]}, {"max_steps": 0}, {"priority": -20},
+                {"response_format": {"type": "xml"}}):
+        with pytest.raises((InvalidRequest, NotFound)):
+            os_.call("assistant", "llm.chat", session="s", message="hello", **bad)
+    assert os_.call("assistant", "memory.history", session="s") == []

@@ -202,14 +202,22 @@ class LLMCalls:
                    system: Any = None, max_tokens: int = 256, tools: Any = None, tool_choice: Any = "auto",
                    run_tools: bool = False, max_steps: int = 4, approve: Any = None, response_format: Any = None,
                    priority: Any = None, **opts: Any) -> tuple[dict, dict]:
-        turn = self._turn(cc, messages, session, message, system, max_tokens)
+        # Everything is validated before the turn is stored: a bad option must not leave half a turn behind.
         tool_objs = self._tool_list(cc, tools)
         structured = _response_format(response_format)
+        if tool_objs and tool_choice != "none":
+            _tool_schema(tool_objs, tool_choice)
+        self._params(cc, max_tokens, opts, structured)
+        self._priority(cc, priority)
+        if not isinstance(max_steps, int) or not 1 <= max_steps <= 16:
+            raise InvalidRequest("max_steps must be an integer in [1, 16]", param="max_steps")
+        if approve is not None and not (isinstance(approve, list) and all(isinstance(a, str) for a in approve)):
+            raise InvalidRequest("approve must be a list of tool names", param="approve")
+        # Storing the turn and building the context embed and query: off the event loop, which streams others.
+        turn = await asyncio.to_thread(self._turn, cc, messages, session, message, system, max_tokens)
         steps: list[dict] = []
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         pids: list[int] = []
-        if not isinstance(max_steps, int) or not 1 <= max_steps <= 16:
-            raise InvalidRequest("max_steps must be an integer in [1, 16]", param="max_steps")
         approved = set(approve or [])
         while True:
             use_tools = tool_objs and tool_choice != "none" and len(steps) < max_steps
@@ -237,7 +245,7 @@ class LLMCalls:
                   "tool_calls": calls, "steps": steps, "usage": usage, "memory": turn.memory,
                   "logprobs": [c.logprobs for c in final.outputs] if opts.get("logprobs") is not None else None}
         if session is not None and message is not None:
-            self.s.recall.append(cc.app, session, "assistant", choices[0], user=cc.user)
+            await asyncio.to_thread(self.s.recall.append, cc.app, session, "assistant", choices[0], user=cc.user)
             self._schedule_summary(cc, session)
         audit = {"_audit": True, "pid": pids[-1], "tokens": usage["prompt_tokens"] + usage["completion_tokens"],
                  "flags": turn.flags or None}
@@ -289,8 +297,9 @@ class LLMCalls:
             raise InvalidRequest("tools are not supported with stream; call without stream", param="tools")
         if opts.get("n", 1) != 1:
             raise InvalidRequest("n > 1 is not supported with stream", param="n")
-        turn = self._turn(cc, messages, session, message, system, max_tokens)
         params = self._params(cc, max_tokens, opts, _response_format(response_format))
+        self._priority(cc, priority)
+        turn = await asyncio.to_thread(self._turn, cc, messages, session, message, system, max_tokens)
         hold = cc.manifest.pii.output != "allow" or turn.untrusted
         procs: list[Process] = []
         final = None
@@ -305,7 +314,7 @@ class LLMCalls:
             yield {"pid": procs[0].pid, "delta": text}
         usage = {"prompt_tokens": len(final.prompt_token_ids), "completion_tokens": len(final.outputs[0].token_ids)}
         if session is not None and message is not None:
-            self.s.recall.append(cc.app, session, "assistant", text, user=cc.user)
+            await asyncio.to_thread(self.s.recall.append, cc.app, session, "assistant", text, user=cc.user)
             self._schedule_summary(cc, session)
         extra.update(pid=procs[0].pid, tokens=usage["prompt_tokens"] + usage["completion_tokens"], flags=turn.flags or None)
         yield {"pid": procs[0].pid, "delta": "", "finish_reason": final.outputs[0].finish_reason, "usage": usage,
