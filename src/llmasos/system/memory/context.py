@@ -74,6 +74,13 @@ class ContextBuilder:
               system_prompt: str = "", use_recall: bool = True, use_archival: bool = True,
               before_id: int | None = None) -> ContextResult:
         """`before_id`: the id of the stored user message of this turn (older messages form the history)."""
+        with self.recall.db.reading():
+            return self._build(app, session, message, window=window, max_tokens=max_tokens, user=user,
+                               system_prompt=system_prompt, use_recall=use_recall, use_archival=use_archival,
+                               before_id=before_id)
+
+    def _build(self, app: str, session: str, message: str, *, window: int, max_tokens: int, user: str,
+               system_prompt: str, use_recall: bool, use_archival: bool, before_id: int | None) -> ContextResult:
         t0 = time.perf_counter()
         budget = window - max_tokens
         if budget < MIN_PROMPT:

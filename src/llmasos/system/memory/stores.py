@@ -92,7 +92,7 @@ class RecallMemory:
             messages.c.app == app, messages.c.session == session)
         if before_id is not None:
             q = q.where(messages.c.id < before_id)
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(q.order_by(messages.c.id.desc()).limit(limit)).all()
         return [Message(*r, session=session) for r in rows]
 
@@ -102,14 +102,14 @@ class RecallMemory:
         q = (select(messages.c.id, messages.c.role, messages.c.content, messages.c.tokens, messages.c.created_at)
              .where(messages.c.app == app, messages.c.session == session).order_by(messages.c.id)
              .offset(max(int(offset), 0)).limit(max(1, min(int(limit), 10000))))
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return [Message(*r, session=session) for r in conn.execute(q)]
 
     def sessions(self, app: str, user: str | None = None) -> list[dict]:
         q = select(messages.c.session, func.count(), func.max(messages.c.created_at)).where(messages.c.app == app)
         if user is not None:
             q = q.where(messages.c.user == user)
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(q.group_by(messages.c.session).order_by(func.max(messages.c.created_at).desc())).all()
         return [{"session_id": s, "messages": int(n), "last_at": float(t)} for s, n, t in rows]
 
@@ -117,7 +117,7 @@ class RecallMemory:
         """For each bound, how many of the session's messages have a smaller id (one query for all)."""
         cols = [select(func.count()).select_from(messages).where(
             messages.c.app == app, messages.c.session == session, messages.c.id < b).scalar_subquery() for b in bounds]
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return [int(n or 0) for n in conn.execute(select(*cols)).one()]
 
     def count(self, app: str, session: str, *, below_id: int | None = None, above_id: int | None = None) -> int:
@@ -126,12 +126,12 @@ class RecallMemory:
             q = q.where(messages.c.id < below_id)
         if above_id is not None:
             q = q.where(messages.c.id > above_id)
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
     def stored_embedding(self, app: str, session: str, msg_id: int, content: str) -> np.ndarray | None:
         """The embedding stored with message `msg_id`, if it holds exactly `content` (None otherwise)."""
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             row = conn.execute(select(messages.c.content, messages.c.embedding).where(
                 messages.c.app == app, messages.c.session == session, messages.c.id == msg_id)).first()
         if row is None or row[1] is None or row[0] != content or len(row[1]) != 4 * self.vectors.dim:
@@ -159,14 +159,14 @@ class RecallMemory:
         for w in words:
             esc = w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             q = q.where(func.lower(messages.c.content).like(f"%{esc}%", escape="\\"))
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             ids = [r[0] for r in conn.execute(q.order_by(messages.c.id.desc()).limit(k))]
         return self._hits(app, [(i, 1.0) for i in ids])
 
     def _hits(self, app: str, found: list[tuple[int, float]]) -> list[Hit]:
         if not found:
             return []
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = {r[0]: r for r in conn.execute(
                 select(messages.c.id, messages.c.role, messages.c.content, messages.c.session)
                 .where(messages.c.app == app, messages.c.id.in_([i for i, _ in found])))}
@@ -217,7 +217,7 @@ class ArchivalMemory:
         while start < len(ranked):
             page = ranked[start:start + size]
             start, size = start + size, min(size * 4, 1024)
-            with self.db.engine.connect() as conn:
+            with self.db.connect() as conn:
                 stmt = select(archival.c.id, archival.c.text, archival.c.meta, archival.c.user).where(
                     archival.c.app == app, archival.c.id.in_([i for i, _ in page]))
                 if user is not None:
@@ -238,7 +238,7 @@ class ArchivalMemory:
             raise NotFound(f"no archival item {item_id}")
 
     def count(self, app: str) -> int:
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(archival).where(archival.c.app == app)).scalar())
 
 
@@ -270,7 +270,7 @@ class CoreMemory:
 
     def get_all(self, app: str, user: str = "") -> dict[str, str]:
         """The app-wide blocks, overridden by the user's own blocks of the same label."""
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(core_blocks.c.user, core_blocks.c.label, core_blocks.c.value).where(
                 core_blocks.c.app == app, or_(core_blocks.c.user == "", core_blocks.c.user == user))
                 .order_by(core_blocks.c.label)).all()
@@ -299,7 +299,7 @@ class SummaryStore:
         self.db = db
 
     def get(self, app: str, session: str) -> Summary | None:
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             row = conn.execute(select(summaries.c.text, summaries.c.tokens, summaries.c.covered_upto).where(
                 summaries.c.app == app, summaries.c.session == session)).first()
         return None if row is None else Summary(*row)

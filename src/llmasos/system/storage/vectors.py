@@ -39,7 +39,7 @@ class VectorIndex:
     def _sync(self, table: Table, scope: dict) -> _Scope:
         key = (table.name, tuple(sorted(scope.items())))
         where = self._where(table, scope)
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             count, max_id, newest = conn.execute(
                 select(func.count(), func.max(table.c.id), func.max(table.c.created_at)).where(where)).one()
             count, max_id = int(count or 0), int(max_id or 0)
@@ -64,7 +64,7 @@ class VectorIndex:
         return s
 
     def _sync_fresh(self, table: Table, scope: dict, key: tuple, newest: float | None) -> _Scope:
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(table.c.id, table.c.embedding).where(self._where(table, scope))
                                 .order_by(table.c.id)).all()
         s = _Scope(newest=newest)
