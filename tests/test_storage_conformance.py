@@ -1027,3 +1027,13 @@ def test_keystore(database: Database):
             keys.create(bad)
     assert len(raw_rows(database, "SELECT * FROM api_keys")) == 4
 
+
+
+def test_pgvector_is_detected_and_its_literal_form(database: Database):
+    """The pgvector path cannot run here (Debian's PostgreSQL has no pgvector): what can be checked is that it is
+    detected as absent, so search stays in-process, and the text form it would send."""
+    from llmasos.system.storage.db import vector_literal
+
+    assert database.pgvector is False and database.has_pgvector() is False
+    vec = np.array([0.5, -1.25, 3e-8], np.float32)
+    assert vector_literal(vec.tobytes()) == vector_literal(vec) == "[0.5,-1.25,3e-08]"

@@ -302,7 +302,7 @@ class OS:
     def info(self) -> dict:
         eng = self.llm.engine if self.llm is not None else None
         return {"model": str(getattr(eng, "model_source", None)) if eng else None, "window": self.services.window,
-                "embedder": self.embedder.id, "database": self.db.dialect, "pgvector": self.db.has_pgvector(),
+                "embedder": self.embedder.id, "database": self.db.dialect, "pgvector": self.db.pgvector,
                 "apps": [m.name for m in self.apps()], "data_dir": str(self.config.data_dir)}
 
     # -- shutdown --------------------------------------------------------------------------------------

@@ -66,7 +66,9 @@ class RecallMemory:
                "embedding": None if embedding is None else np.asarray(embedding, np.float32).tobytes(),
                "created_at": time.time()}
         with self.db.engine.begin() as conn:
-            return int(conn.execute(insert(messages).values(**row).returning(messages.c.id)).scalar_one())
+            mid = int(conn.execute(insert(messages).values(**row).returning(messages.c.id)).scalar_one())
+            self.vectors.mirror(conn, messages, [mid], [row["embedding"]])
+            return mid
 
     def append_many(self, app: str, session: str, turns: list[tuple[str, str]], user: str = "") -> list[int]:
         """Bulk import (one embedding batch, one transaction): [(role, content)]."""
@@ -84,6 +86,7 @@ class RecallMemory:
         with self.db.engine.begin() as conn:
             ids = [int(conn.execute(insert(messages).values(**row).returning(messages.c.id)).scalar_one())
                    for row in rows]
+            self.vectors.mirror(conn, messages, ids, [row["embedding"] for row in rows])
         return ids
 
     def recent(self, app: str, session: str, *, before_id: int | None = None, limit: int = 64) -> list[Message]:
@@ -193,10 +196,13 @@ class ArchivalMemory:
             check_json(m, "metadata", max_bytes=64 << 10)
         vecs = self.embed(texts)
         now = time.time()
+        blobs = [v.astype(np.float32).tobytes() for v in vecs]
         with self.db.engine.begin() as conn:
-            return [int(conn.execute(insert(archival).values(
-                app=app, user=user, text=t, meta=m, embedding=v.astype(np.float32).tobytes(), created_at=now,
-            ).returning(archival.c.id)).scalar_one()) for t, m, v in zip(texts, metas, vecs, strict=True)]
+            ids = [int(conn.execute(insert(archival).values(
+                app=app, user=user, text=t, meta=m, embedding=b, created_at=now,
+            ).returning(archival.c.id)).scalar_one()) for t, m, b in zip(texts, metas, blobs, strict=True)]
+            self.vectors.mirror(conn, archival, ids, blobs)
+        return ids
 
     def search(self, app: str, query: str, k: int = 5, *, user: str | None = None, filters: dict | None = None,
                query_vec: np.ndarray | None = None) -> list[Hit]:

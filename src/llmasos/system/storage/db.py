@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _reading: contextvars.ContextVar[tuple[Database, Connection] | None] = contextvars.ContextVar("llmasos_db_reading",
                                                                                             default=None)
@@ -55,6 +58,7 @@ class Database:
             with self.engine.begin() as conn:
                 conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         self.migrate()
+        self.pgvector = self._enable_pgvector()
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -97,6 +101,30 @@ class Database:
         with self.engine.connect() as conn:
             return conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first() is not None
 
+    def _enable_pgvector(self) -> bool:
+        """Where the PostgreSQL server has pgvector, search vectors in the database: a `vector` copy of every
+        embedding (`embedding_vec`) next to the portable bytes. The column depends on the server, not on a
+        migration, so it is added (and back-filled) whenever the extension appears. Untested here: Debian's
+        PostgreSQL on these machines has no pgvector."""
+        if self.dialect != "postgresql":
+            return False
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first() is None:
+                    return False
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+                for table in ("messages", "archival"):
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS embedding_vec vector"))
+                    rows = conn.execute(text(f"SELECT id, embedding FROM {table} "
+                                             "WHERE embedding IS NOT NULL AND embedding_vec IS NULL")).all()
+                    if rows:
+                        conn.execute(text(f"UPDATE {table} SET embedding_vec = CAST(:v AS vector) WHERE id = :id"),
+                                     [{"id": r[0], "v": vector_literal(r[1])} for r in rows])
+        except Exception as exc:  # noqa: BLE001 - no privilege to create it, or a broken install: in-process search
+            log.warning("pgvector is available but could not be enabled (%s); searching vectors in-process", exc)
+            return False
+        return True
+
     def drop_schema(self) -> None:
         """Remove everything this database holds in its schema (PostgreSQL; tests clean up with it)."""
         if self.schema is None:
@@ -113,6 +141,14 @@ def _sqlite_json(value) -> str | bytes:  # noqa: ANN001
     as TEXT, the column's NUMERIC affinity would turn '1.0' into the integer 1 and 10**30 into a rounded REAL."""
     text = json.dumps(value)
     return text.encode() if isinstance(value, int | float) and not isinstance(value, bool) else text
+
+
+def vector_literal(vec: bytes | Any) -> str:
+    """pgvector's text form of an embedding (raw float32 bytes or an array)."""
+    import numpy as np
+
+    arr = np.frombuffer(vec, np.float32) if isinstance(vec, bytes | bytearray | memoryview) else np.asarray(vec)
+    return "[" + ",".join(f"{x:.7g}" for x in arr.astype(np.float32)) + "]"
 
 
 def _sqlite_pragmas(dbapi_conn, synchronous: str) -> None:  # noqa: ANN001

@@ -1,6 +1,7 @@
 """Exact vector search over embeddings kept in the database.
 
-The database is the source of truth (SQLite, or PostgreSQL without pgvector as here); each scope (one app's
+Where PostgreSQL has pgvector, the database searches (`<=>` over the `embedding_vec` copy, exact, no index).
+Otherwise the database is the source of truth and the search runs here: each scope (one app's
 archival memory, one session's messages) is loaded once into a numpy matrix and kept in sync: every search
 asks the database for the scope's row count, newest id and newest `created_at` (one indexed query), appends
 rows written since, by this process or another replica, and reloads the scope only when rows were deleted (or
@@ -13,9 +14,9 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Table, and_, func, select
+from sqlalchemy import Connection, Table, and_, func, select, text
 
-from llmasos.system.storage.db import Database
+from llmasos.system.storage.db import Database, vector_literal
 
 
 @dataclass
@@ -75,9 +76,33 @@ class VectorIndex:
         self._scopes[key] = s
         return s
 
+    def mirror(self, conn: Connection, table: Table, ids: list[int], vecs: list[bytes]) -> None:
+        """Keep pgvector's copy of new embeddings, in the writer's transaction (a no-op without pgvector)."""
+        if self.db.pgvector and ids:
+            conn.execute(text(f"UPDATE {table.name} SET embedding_vec = CAST(:v AS vector) WHERE id = :id"),
+                         [{"id": i, "v": vector_literal(v)} for i, v in zip(ids, vecs, strict=True) if v is not None])
+
+    def _pg_search(self, table: Table, scope: dict, query: np.ndarray, k: int | None,
+                   exclude_from: int | None) -> list[tuple[int, float]]:
+        where = " AND ".join(f'"{c}" = :s_{c}' for c in scope) + " AND embedding_vec IS NOT NULL"
+        params: dict = {f"s_{c}": v for c, v in scope.items()}
+        params["q"] = vector_literal(np.asarray(query, np.float32))
+        if exclude_from is not None:
+            where += " AND id < :excl"
+            params["excl"] = exclude_from
+        sql = (f"SELECT id, 1 - (embedding_vec <=> CAST(:q AS vector)) FROM {table.name} WHERE {where} "
+               "ORDER BY embedding_vec <=> CAST(:q AS vector), id")
+        if k is not None:
+            sql += " LIMIT :k"
+            params["k"] = k
+        with self.db.connect() as conn:
+            return [(int(i), float(score)) for i, score in conn.execute(text(sql), params)]
+
     def search(self, table: Table, scope: dict, query: np.ndarray, k: int,
                exclude_from: int | None = None) -> list[tuple[int, float]]:
         """The k most similar rows of the scope as (id, cosine), best first. `exclude_from`: skip ids >= it."""
+        if self.db.pgvector:
+            return self._pg_search(table, scope, query, k, exclude_from) if k > 0 else []
         with self._lock:
             s = self._sync(table, scope)
         if s.vecs is None or not len(s.ids) or k <= 0:
@@ -96,6 +121,8 @@ class VectorIndex:
 
     def ranked(self, table: Table, scope: dict, query: np.ndarray) -> list[tuple[int, float]]:
         """Every row of the scope ranked (for filtered searches that walk down the list)."""
+        if self.db.pgvector:
+            return self._pg_search(table, scope, query, None, None)
         with self._lock:
             s = self._sync(table, scope)
         if s.vecs is None or not len(s.ids):
