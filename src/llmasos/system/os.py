@@ -9,6 +9,7 @@ runs their handlers as processes. Several can live side by side in one Python pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -253,7 +254,8 @@ class OS:
             procs.finish(proc, ProcState.FAILED, f"{type(exc).__name__}: {exc}")
             raise ProcessFailed(f"app {app!r} chat failed: {type(exc).__name__}: {exc} (pid {proc.pid})") from exc
         finally:
-            current_pid.reset(token)
+            with contextlib.suppress(ValueError):  # an abandoned stream may be closed from another context
+                current_pid.reset(token)
             procs.finish(proc)
 
     # -- sync conveniences -----------------------------------------------------------------------------
@@ -334,10 +336,10 @@ class OS:
 
 
 async def _drain(tasks: set[asyncio.Task]) -> None:
-    """Let background summaries finish (bounded), then cancel the rest."""
+    """Let background summaries finish (briefly: an unfinished one is simply redone next time), then cancel."""
     pending = list(tasks)
     if not pending:
         return
-    _done, still = await asyncio.wait(pending, timeout=20)
+    _done, still = await asyncio.wait(pending, timeout=5)
     for t in still:
         t.cancel()
