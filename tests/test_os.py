@@ -501,3 +501,29 @@ def test_a_rejected_chat_leaves_no_half_turn_behind(make_os):
         with pytest.raises((InvalidRequest, NotFound)):
             os_.call("assistant", "llm.chat", session="s", message="hello", **bad)
     assert os_.call("assistant", "memory.history", session="s") == []
+
+
+@SQLITE_ONLY
+def test_ps_shows_a_process_preempted_under_kv_pressure(tmp_path: Path, embedder, db_url):
+    """A KV pool too small for two long generations: the kernel preempts one, and ps says so while it waits."""
+    from llmasos.system.os import OS
+
+    with OS(data_dir=tmp_path / "os", embedder=embedder,
+            model={"name": "builtin", "dtype": "float32", "kv_cache_memory": 1 << 20, "max_num_seqs": 4}) as os_:
+        seen: set[str] = set()
+
+        async def scenario():
+            ctx = os_.context("assistant")
+            tasks = [asyncio.ensure_future(ctx.llm.chat([{"role": "user", "content": f"story {i}"}], max_tokens=400,
+                                                        ignore_eos=True, temperature=1.0, seed=i)) for i in range(2)]
+            while not all(t.done() for t in tasks):
+                seen.update(p["state"] for p in os_.ps(app="assistant") if p["kind"] == "llm")
+                await asyncio.sleep(0.002)
+            return [t.result() for t in tasks]
+
+        outs = os_.run(scenario())
+        procs = [p for p in os_.ps(app="assistant") if p["kind"] == "llm"]
+        assert sum(p["preemptions"] for p in procs) >= 1
+        assert "preempted" in seen and {p["state"] for p in procs} == {"finished"}
+        # Both still completed (a sequence cannot outgrow the pool: it ends with "length" at its size).
+        assert all(o["finish_reason"] == "length" and o["usage"]["completion_tokens"] > 0 for o in outs)

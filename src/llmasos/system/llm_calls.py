@@ -110,6 +110,7 @@ class LLMCalls:
                     proc.first_token_at = time.time()
                     self.s.procs.set_state(proc, ProcState.RUNNING)
                 proc.tokens_out = sum(len(c.token_ids) for c in out.outputs)
+                proc.preemptions = out.metrics.num_preemptions
                 yield out
         except ValueError as exc:
             state, error = ProcState.FAILED, str(exc)

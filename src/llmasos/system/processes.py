@@ -44,6 +44,7 @@ class Process:
     finished_at: float | None = None
     error: str | None = None
     memory: dict | None = None  # the memory manager's report: kept, summarised, dropped, truncated
+    preemptions: int = 0  # times the kernel took its KV blocks back and queued it again
     request_id: str | None = None  # the kernel's id for an llm process
 
     def as_dict(self) -> dict:
