@@ -206,9 +206,10 @@ class LLMCalls:
         # Everything is validated before the turn is stored: a bad option must not leave half a turn behind.
         tool_objs = self._tool_list(cc, tools)
         structured = _response_format(response_format)
+        tool_params = None
         if tool_objs and tool_choice != "none":
-            _tool_schema(tool_objs, tool_choice)
-        self._params(cc, max_tokens, opts, structured)
+            tool_params = self._params(cc, max_tokens, opts, _tool_schema(tool_objs, tool_choice))
+        plain_params = self._params(cc, max_tokens, opts, structured)
         self._priority(cc, priority)
         if not isinstance(max_steps, int) or not 1 <= max_steps <= 16:
             raise InvalidRequest("max_steps must be an integer in [1, 16]", param="max_steps")
@@ -221,10 +222,9 @@ class LLMCalls:
         pids: list[int] = []
         approved = set(approve or [])
         while True:
-            use_tools = tool_objs and tool_choice != "none" and len(steps) < max_steps
+            use_tools = tool_params is not None and len(steps) < max_steps
             msgs = _with_tools(turn.messages, tool_objs, tool_choice) if use_tools else turn.messages
-            s_out = _tool_schema(tool_objs, tool_choice) if use_tools else structured
-            params = self._params(cc, max_tokens, opts, s_out)
+            params = tool_params if use_tools else plain_params
             # The memory manager already counted its prompt exactly: reuse those ids unless tools changed it.
             ids = turn.prompt_ids if msgs is turn.messages and turn.prompt_ids else self.s.codec.encode(
                 self.s.codec.render(msgs))

@@ -114,7 +114,6 @@ class SystemCalls:
         spec = TABLE.get(name)
         t0 = time.perf_counter()
         cc: CallContext | None = None
-        extra: dict = {}
         try:
             if spec is None or name not in self.handlers:
                 raise NotFound(f"no system call {name!r}")
