@@ -115,20 +115,18 @@ class OS:
     def _install_configured(self) -> None:
         from llmasos.sdk.discovery import bundled, from_entry_points, from_folder
 
-        found: dict[str, App] = {}
-        for a in from_entry_points():
-            found.setdefault(a.manifest.name, a)
-        if self.config.apps_dir is not None:
-            for a in from_folder(self.config.apps_dir):
-                found[a.manifest.name] = a
+        # An installed package's app runs only when the config names it; a folder's apps are all installed.
+        published = {a.manifest.name: a for a in from_entry_points()}
+        folder = from_folder(self.config.apps_dir) if self.config.apps_dir is not None else []
+        local = {a.manifest.name: a for a in folder}
         for name in self.config.apps:
-            a = found.get(name) or bundled(name)
+            a = local.get(name) or published.get(name) or bundled(name)
             if a is None:
                 raise ValueError(f"config field 'apps': no app named {name!r} (bundled, in apps_dir, or an "
                                  f"entry point of the llmasos.apps group)")
             self.install(a)
-        for name, a in found.items():
-            if name not in self._apps and self.config.apps_dir is not None:
+        for name, a in local.items():
+            if name not in self._apps:
                 self.install(a)
 
     # -- apps ------------------------------------------------------------------------------------------
