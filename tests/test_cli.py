@@ -85,3 +85,12 @@ def test_raw_chat_serves_the_builtin_model_by_name(tmp_path):
 def test_chat_with_an_unknown_app_fails_cleanly(tmp_path):
     r = run_cli("chat", "nosuchapp", "--model", "builtin", "--data-dir", str(tmp_path / "d"), stdin="hi\n")
     assert r.returncode == 2 and "no app 'nosuchapp'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chat_takes_the_model_from_a_config_file(tmp_path):
+    """Options not given on the command line leave the config file's model section alone."""
+    cfg = tmp_path / "os.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[model]\nname = "builtin"\ndtype = "float32"\n')
+    r = run_cli("chat", "--config", str(cfg), stdin="what is 2+2?\n", env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "the built-in model" in r.stderr and "2+2 = 4" in r.stdout

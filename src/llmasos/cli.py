@@ -18,7 +18,7 @@ from llmasos.kernel.config import EngineConfig
 from llmasos.kernel.engine import LLMEngine
 from llmasos.kernel.llm import apply_chat_template, build_engine
 from llmasos.kernel.sampling_params import SamplingParams, StructuredOutput
-from llmasos.models.default_model import default_model, default_model_label
+from llmasos.models.default_model import BUILTIN_NAME, default_model, default_model_label
 from llmasos.train.cli import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -179,12 +179,13 @@ def _os_chat(app_name: str, model: str | None, dtype: str, threads: int | None, 
     from llmasos.system.errors import SystemCallError
     from llmasos.system.os import OS
 
-    overrides: dict = {"model": {"name": model, "dtype": dtype, "threads": threads}}
+    # Only what was given on the command line overrides the config file's model section.
+    given = {"name": model, "dtype": None if dtype == "auto" else dtype, "threads": threads}
+    overrides: dict = {"model": {k: v for k, v in given.items() if v is not None}}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
-    label = model or default_model_label(default_model())
     try:
-        with err.status(f"booting LLMasOS on {label}..."):
+        with err.status(f"booting LLMasOS on {model or 'the configured model'}..."):
             os_ = OS(config, **overrides)
             os_.app(app_name)
     except (ValueError, FileNotFoundError, SystemCallError) as exc:
@@ -192,6 +193,9 @@ def _os_chat(app_name: str, model: str | None, dtype: str, threads: int | None, 
         raise typer.Exit(2) from exc
     try:
         eng = os_.llm.engine
+        # What actually booted: the command line, the config file, or the default.
+        name = os_.config.model.name
+        label = name if name not in (None, BUILTIN_NAME) else default_model_label(Path(eng.model_source or ""))
         err.print(f"[dim]app {app_name} on {label} ({eng.model.config.num_params / 1e6:.0f}M parameters, "
                   f"{os_.services.window}-token window); data in {os_.config.data_dir}[/dim]")
         err.print("[dim]/reset starts a new session, /exit or Ctrl-D quits[/dim]")
