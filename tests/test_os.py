@@ -504,13 +504,26 @@ def test_a_rejected_chat_leaves_no_half_turn_behind(make_os):
 
 
 @SQLITE_ONLY
-def test_ps_shows_a_process_preempted_under_kv_pressure(tmp_path: Path, embedder, db_url):
+def test_ps_shows_a_process_preempted_under_kv_pressure(tmp_path: Path, embedder, db_url, monkeypatch):
     """A KV pool too small for two long generations: the kernel preempts one, and ps says so while it waits."""
     from llmasos.system.os import OS
 
     with OS(data_dir=tmp_path / "os", embedder=embedder,
             model={"name": "builtin", "dtype": "float32", "kv_cache_memory": 1 << 20, "max_num_seqs": 4}) as os_:
         seen: set[str] = set()
+        # The pool holds 128 tokens, which one stream fills in a fraction of a second: the engine holds its
+        # first step until both requests are in, or a slow machine could finish one before the other arrives.
+        eng, both_in = os_.llm.engine, []
+        real_step, deadline = eng.step, time.monotonic() + 60
+
+        def step_once_both_are_in():
+            if not both_in and len(eng.requests) < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+                return []
+            both_in.append(True)
+            return real_step()
+
+        monkeypatch.setattr(eng, "step", step_once_both_are_in)
 
         async def scenario():
             ctx = os_.context("assistant")

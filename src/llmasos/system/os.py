@@ -144,7 +144,8 @@ class OS:
         for tool in app.tools():
             self.services.tools.register(tool, manifest.name)
         if self.llm is not None:
-            self.llm.engine.set_latency_sensitive(manifest.name, manifest.priority, manifest.latency_sensitive)
+            self.llm.submit(lambda e: e.set_latency_sensitive(manifest.name, manifest.priority,
+                                                              manifest.latency_sensitive)).result(timeout=60)
         if manifest.mcp_servers:
             self.run(self._connect_mcp(manifest))
         self._apps[manifest.name] = app
@@ -186,6 +187,11 @@ class OS:
     async def handle(self, app: str, handler: str, *, user: str = "", **args: Any) -> Any:
         """Run an app's handler as a process. If it raises it fails its own process (ProcessFailed); past the
         manifest's `handler_timeout` it is cancelled and its LLM requests aborted. The OS keeps running."""
+        return await self.run_handler(app, handler, args, user=user)
+
+    async def run_handler(self, app: str, handler: str, args: dict, *, user: str = "",
+                          proc_out: list | None = None) -> Any:
+        """`handle` with the arguments as a dict; `proc_out` receives the handler's process record."""
         a = self.app(app)
         fn = a.handlers().get(handler)
         if fn is None:
@@ -198,6 +204,8 @@ class OS:
         procs = self.services.procs
         proc = procs.spawn(app, str(ctx.transport.principal), "handler", session=args.get("session_id"),
                            priority=a.manifest.priority)
+        if proc_out is not None:
+            proc_out.append(proc)
         token = current_pid.set(proc.pid)
         try:
             task = asyncio.ensure_future(fn(ctx, **args))
@@ -211,7 +219,10 @@ class OS:
         except TimeoutError as exc:
             for child in procs.ps(app, include_finished=False):
                 if child.parent == proc.pid:
-                    procs.kill(child.pid)
+                    # In a worker thread, so the kill returns once the kernel has freed the child's blocks.
+                    await asyncio.to_thread(procs.kill, child.pid)
+            if self.llm is not None:
+                await self.llm.settle()  # the cancelled children's aborts are applied: their blocks are free
             procs.finish(proc, ProcState.FAILED, f"timed out after {timeout:g}s")
             raise ProcessFailed(f"app {app!r} handler {handler!r} timed out after {timeout:g}s (pid {proc.pid})") from exc
         except asyncio.CancelledError as exc:
@@ -229,13 +240,16 @@ class OS:
         procs.finish(proc)
         return result
 
-    async def handle_stream(self, app: str, session_id: str, message: str, *, user: str = "") -> AsyncIterator[str]:
+    async def handle_stream(self, app: str, session_id: str, message: str, *, user: str = "",
+                            proc_out: list | None = None) -> AsyncIterator[str]:
         """The app's chat reply piece by piece (`App.chat_stream`), run as a handler process like `handle`."""
         a = self.app(app)
         ctx = self.context(app, user)
         procs = self.services.procs
         proc = procs.spawn(app, str(ctx.transport.principal), "handler", session=session_id,
                            priority=a.manifest.priority)
+        if proc_out is not None:
+            proc_out.append(proc)
         procs.set_state(proc, ProcState.RUNNING)
         token = current_pid.set(proc.pid)
         try:
@@ -271,6 +285,14 @@ class OS:
             raise RuntimeError("a synchronous OS method was called from inside the OS's event loop (it would wait "
                                "on itself): await the async API (OS.handle, AppContext) there instead")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def submit(self, coro: Coroutine) -> Any:
+        """Start a coroutine on the OS's event loop (the server runs there); returns a concurrent Future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     def call(self, app: str, syscall: str, /, *, as_user: str = "", **args: Any) -> Any:
         """One system call as the app (or as `as_user` of it), synchronously."""
