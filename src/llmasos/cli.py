@@ -19,6 +19,7 @@ from llmasos.kernel.engine import LLMEngine
 from llmasos.kernel.llm import apply_chat_template, build_engine
 from llmasos.kernel.sampling_params import SamplingParams, StructuredOutput
 from llmasos.models.default_model import BUILTIN_NAME, default_model, default_model_label
+from llmasos.shell.commands import register as register_os_commands
 from llmasos.train.cli import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -30,6 +31,7 @@ app.add_typer(adapt_app, name="adapt")
 app.add_typer(compress_app, name="compress")
 app.add_typer(eval_app, name="eval")
 app.command("plan")(plan)
+register_os_commands(app)
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="HF model directory or hub name, a GGUF file, or 'builtin' (default: SmolLM2-135M-Instruct)")]

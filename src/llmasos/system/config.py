@@ -50,6 +50,17 @@ class MemoryConfig(BaseModel):
     recall_k: int = Field(default=4, ge=0, le=50)
 
 
+class ServerConfig(BaseModel):
+    """The HTTP server (`llmasos serve`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(default="127.0.0.1", description="with no API keys configured it binds to localhost only")
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies get 413")
+    max_pending: int = Field(default=1024, ge=1, description="LLM requests queued or running before 503")
+    client_app: str = Field(default="api", description="the app that key-less local requests act as")
+
+
 class OSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".llmasos", description="LLMASOS_DATA_DIR")
@@ -65,6 +76,7 @@ class OSConfig(BaseModel):
     default_quotas: Quotas = Field(default_factory=Quotas)
     process_history: int = Field(default=1000, ge=0, description="finished processes kept for ps")
     load_model: bool = Field(default=True, description="False: boot without the kernel (storage and memory only)")
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:

@@ -60,3 +60,26 @@ class ProcessFailed(SystemCallError):
     """An app handler raised or ran past its timeout; its process is marked failed, the OS keeps running."""
 
     status, type, code = 500, "server_error", "app_failed"
+
+
+_BY_STATUS: dict[int, type[SystemCallError]] = {400: InvalidRequest, 401: AuthenticationError, 403: PermissionDenied,
+                                                404: NotFound, 413: ContextTooLong, 429: QuotaExceeded,
+                                                503: Overloaded}
+
+
+_BY_CODE: dict[str | None, type[SystemCallError]] = {
+    c.code: c for c in (InvalidRequest, AuthenticationError, PermissionDenied, NotFound, ContextTooLong,
+                        QuotaExceeded, Overloaded, Refused, ProcessFailed)}
+
+
+def from_response(status: int, body: object) -> SystemCallError:
+    """Rebuild the error a server sent (OpenAI error JSON), so a remote caller catches the same class."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        err = {"message": str(body)[:500]}
+    code = err.get("code")
+    cls = _BY_CODE.get(code) or _BY_STATUS.get(status, SystemCallError)
+    exc = cls(str(err.get("message") or f"HTTP {status}"), code=code, param=err.get("param"))
+    if cls is SystemCallError:
+        exc.status = status
+    return exc

@@ -200,15 +200,17 @@ class LLMCalls:
 
     # -- llm.chat --------------------------------------------------------------------------------------
     async def chat(self, cc: CallContext, *, messages: Any = None, session: Any = None, message: Any = None,
-                   system: Any = None, max_tokens: int = 256, tools: Any = None, tool_choice: Any = "auto",
-                   run_tools: bool = False, max_steps: int = 4, approve: Any = None, response_format: Any = None,
-                   priority: Any = None, **opts: Any) -> tuple[dict, dict]:
+                   system: Any = None, max_tokens: int | None = 256, tools: Any = None, functions: Any = None,
+                   tool_choice: Any = "auto", run_tools: bool = False, max_steps: int = 4, approve: Any = None,
+                   response_format: Any = None, priority: Any = None, parallel_tool_calls: bool = True,
+                   **opts: Any) -> tuple[dict, dict]:
         # Everything is validated before the turn is stored: a bad option must not leave half a turn behind.
-        tool_objs = self._tool_list(cc, tools)
+        tool_objs = self._tool_list(cc, tools) + _client_functions(functions)
         structured = _response_format(response_format)
         tool_params = None
         if tool_objs and tool_choice != "none":
-            tool_params = self._params(cc, max_tokens, opts, _tool_schema(tool_objs, tool_choice))
+            tool_params = self._params(cc, max_tokens, opts, _tool_schema(tool_objs, tool_choice,
+                                                                          bool(parallel_tool_calls)))
         plain_params = self._params(cc, max_tokens, opts, structured)
         self._priority(cc, priority)
         if not isinstance(max_steps, int) or not 1 <= max_steps <= 16:
@@ -216,11 +218,12 @@ class LLMCalls:
         if approve is not None and not (isinstance(approve, list) and all(isinstance(a, str) for a in approve)):
             raise InvalidRequest("approve must be a list of tool names", param="approve")
         # Storing the turn and building the context embed and query: off the event loop, which streams others.
-        turn = await asyncio.to_thread(self._turn, cc, messages, session, message, system, max_tokens)
+        turn = await asyncio.to_thread(self._turn, cc, messages, session, message, system, max_tokens or 256)
         steps: list[dict] = []
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         pids: list[int] = []
         approved = set(approve or [])
+        client_names = {t.name for t in tool_objs if t.owner == CLIENT}
         while True:
             use_tools = tool_params is not None and len(steps) < max_steps
             msgs = _with_tools(turn.messages, tool_objs, tool_choice) if use_tools else turn.messages
@@ -236,15 +239,19 @@ class LLMCalls:
             calls = _parse_tool_calls(final.outputs[0].text) if use_tools else None
             if calls is None and use_tools:
                 choices[0] = _content_of(choices[0])
-            if calls is None or not run_tools:
+            # The client's own functions are the client's to run: hand their calls back.
+            if calls is None or not run_tools or any(c["name"] in client_names for c in calls):
                 break
             turn.messages = turn.messages + [{"role": "assistant", "content": json.dumps({"tool_calls": calls})}]
             for call in calls:
                 steps.append(await self._run_tool(cc, turn, call, session, approved))
+        reasons = [c.finish_reason for c in final.outputs]
+        if calls is not None:
+            reasons[0] = "tool_calls"
         result = {"pid": pids[-1], "pids": pids, "text": choices[0], "choices": choices,
-                  "finish_reason": final.outputs[0].finish_reason if calls is None else "tool_calls",
+                  "finish_reason": reasons[0], "finish_reasons": reasons,
                   "tool_calls": calls, "steps": steps, "usage": usage, "memory": turn.memory,
-                  "logprobs": [c.logprobs for c in final.outputs] if opts.get("logprobs") is not None else None}
+                  "logprobs": self._logprobs(final, opts)}
         if session is not None and message is not None:
             await asyncio.to_thread(self.s.recall.append, cc.app, session, "assistant", choices[0], user=cc.user)
             self._schedule_summary(cc, session)
@@ -289,18 +296,18 @@ class LLMCalls:
         return {"tool": name, "arguments": args, "ran": True, "content": content}
 
     async def chat_stream(self, cc: CallContext, extra: dict, *, messages: Any = None, session: Any = None,
-                          message: Any = None, system: Any = None, max_tokens: int = 256, response_format: Any = None,
-                          priority: Any = None, **opts: Any) -> AsyncIterator[dict]:
+                          message: Any = None, system: Any = None, max_tokens: int | None = 256,
+                          response_format: Any = None, priority: Any = None, **opts: Any) -> AsyncIterator[dict]:
         """Text deltas as they are generated; the last item carries finish_reason, usage and the pid. (Tools are
         not streamed; with an output PII policy other than allow the reply comes as one delta, after the
         guard has seen all of it.)"""
-        if "tools" in opts or "run_tools" in opts:
+        if "tools" in opts or "run_tools" in opts or "functions" in opts:
             raise InvalidRequest("tools are not supported with stream; call without stream", param="tools")
         if opts.get("n", 1) != 1:
             raise InvalidRequest("n > 1 is not supported with stream", param="n")
         params = self._params(cc, max_tokens, opts, _response_format(response_format))
         self._priority(cc, priority)
-        turn = await asyncio.to_thread(self._turn, cc, messages, session, message, system, max_tokens)
+        turn = await asyncio.to_thread(self._turn, cc, messages, session, message, system, max_tokens or 256)
         hold = cc.manifest.pii.output != "allow" or turn.untrusted
         procs: list[Process] = []
         final = None
@@ -308,8 +315,9 @@ class LLMCalls:
         async for out in self.generate(cc, ids, params, session=session,
                                        priority=priority, memory=turn.memory, proc_out=procs):
             final = out
-            if not hold and out.outputs[0].delta_text:
-                yield {"pid": procs[0].pid, "delta": out.outputs[0].delta_text}
+            c = out.outputs[0]
+            if not hold and (c.delta_text or c.delta_token_ids):
+                yield {"pid": procs[0].pid, "delta": c.delta_text, **self._delta_logprobs(c, opts)}
         text = self._finish_text(cc, turn, final.outputs[0].text)
         if hold:
             yield {"pid": procs[0].pid, "delta": text}
@@ -333,8 +341,8 @@ class LLMCalls:
         usage = {"prompt_tokens": len(final.prompt_token_ids),
                  "completion_tokens": sum(len(c.token_ids) for c in final.outputs)}
         return ({"pid": proc.pid, "text": texts[0], "choices": texts, "finish_reason": final.outputs[0].finish_reason,
-                 "usage": usage, "logprobs": [c.logprobs for c in final.outputs] if opts.get("logprobs") is not None
-                 else None},
+                 "finish_reasons": [c.finish_reason for c in final.outputs], "usage": usage,
+                 "logprobs": self._logprobs(final, opts)},
                 {"_audit": True, "pid": proc.pid, "tokens": usage["prompt_tokens"] + usage["completion_tokens"]})
 
     async def complete_stream(self, cc: CallContext, extra: dict, *, prompt: Any, max_tokens: int = 16,
@@ -346,11 +354,41 @@ class LLMCalls:
         final = None
         async for out in self.generate(cc, self._encode_raw(prompt), params, priority=priority, proc_out=procs):
             final = out
-            if out.outputs[0].delta_text:
-                yield {"pid": procs[0].pid, "delta": out.outputs[0].delta_text}
+            c = out.outputs[0]
+            if c.delta_text or c.delta_token_ids:
+                yield {"pid": procs[0].pid, "delta": c.delta_text, **self._delta_logprobs(c, opts)}
         usage = {"prompt_tokens": len(final.prompt_token_ids), "completion_tokens": len(final.outputs[0].token_ids)}
         extra.update(pid=procs[0].pid, tokens=usage["prompt_tokens"] + usage["completion_tokens"])
         yield {"pid": procs[0].pid, "delta": "", "finish_reason": final.outputs[0].finish_reason, "usage": usage}
+
+    # -- log-probabilities -----------------------------------------------------------------------------
+    def _token_logprobs(self, token_ids: list[int], logprobs: list[dict[int, float]], top: int) -> list[dict]:
+        """OpenAI's shape: per generated token its text, log-probability, UTF-8 bytes and the `top` most likely
+        alternatives (JSON-safe, unlike the kernel's id-keyed dicts)."""
+        tok = self.s.llm.engine.tokenizer
+
+        def entry(tid: int, lp: float) -> dict:
+            text = tok.decode([tid])
+            return {"token": text, "id": tid, "logprob": max(float(lp), -9999.0), "bytes": list(text.encode())}
+
+        out = []
+        for tid, lps in zip(token_ids, logprobs, strict=False):
+            alts = sorted(lps.items(), key=lambda kv: -kv[1])[:top]
+            out.append({**entry(tid, lps.get(tid, float("-inf"))), "top_logprobs": [entry(i, lp) for i, lp in alts]})
+        return out
+
+    def _logprobs(self, final: Any, opts: dict) -> list[list[dict]] | None:
+        top = opts.get("logprobs")
+        if top is None:
+            return None
+        return [self._token_logprobs(c.token_ids, c.logprobs or [], top) for c in final.outputs]
+
+    def _delta_logprobs(self, c: Any, opts: dict) -> dict:
+        top = opts.get("logprobs")
+        if top is None or not c.delta_token_ids:
+            return {}
+        n = len(c.delta_token_ids)
+        return {"logprobs": self._token_logprobs(c.delta_token_ids, (c.logprobs or [])[-n:], top)}
 
     # -- summaries -------------------------------------------------------------------------------------
     def _schedule_summary(self, cc: CallContext, session: str) -> None:
@@ -414,6 +452,29 @@ def _response_format(rf: Any) -> StructuredOutput | None:
     return StructuredOutput(json=schema)
 
 
+CLIENT = "<client>"  # owner of a function the API client declared (it runs it, not the OS)
+
+
+def _client_functions(functions: Any) -> list[Tool]:
+    """Functions the API client declares (OpenAI `tools`): offered to the model, their calls handed back."""
+    if functions is None:
+        return []
+    if not isinstance(functions, list) or len(functions) > 128:
+        raise InvalidRequest("functions must be a list of at most 128 {name, description, parameters}",
+                             param="tools")
+    out, seen = [], set()
+    for f in functions:
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+            raise InvalidRequest("each function needs a name", param="tools")
+        if f["name"] in seen:
+            raise InvalidRequest(f"function {f['name']!r} is declared twice", param="tools")
+        seen.add(f["name"])
+        params = f.get("parameters") or {"type": "object", "properties": {}}
+        out.append(Tool(f["name"], str(f.get("description") or ""), params, fn=None, owner=CLIENT,  # type: ignore[arg-type]
+                        untrusted_output=False))
+    return out
+
+
 def _with_tools(messages: list[dict], tools: list[Tool], choice: Any) -> list[dict]:
     lines = [f"- {t.name}: {t.description} Arguments (JSON Schema): {json.dumps(t.parameters)}" for t in tools]
     how = ('To call tools reply with {"tool_calls": [{"name": ..., "arguments": {...}}]}. '
@@ -429,9 +490,9 @@ def _with_tools(messages: list[dict], tools: list[Tool], choice: Any) -> list[di
     return out
 
 
-def _tool_schema(tools: list[Tool], choice: Any) -> StructuredOutput:
+def _tool_schema(tools: list[Tool], choice: Any, parallel: bool = True) -> StructuredOutput:
     """A JSON Schema that admits only well-formed calls to the offered tools (or, with auto, a plain answer):
-    the kernel's grammar makes even a small model emit a valid call."""
+    the kernel's grammar makes even a small model emit a valid call. A named function is called once."""
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name") or choice.get("name")
         tools = [t for t in tools if t.name == name]
@@ -441,7 +502,8 @@ def _tool_schema(tools: list[Tool], choice: Any) -> StructuredOutput:
         raise InvalidRequest("tool_choice must be auto, none, required or a named function", param="tool_choice")
     one = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
             "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    calls = {"type": "object", "properties": {"tool_calls": {"type": "array", "minItems": 1, "maxItems": 4,
+    most = 1 if isinstance(choice, dict) or not parallel else 4
+    calls = {"type": "object", "properties": {"tool_calls": {"type": "array", "minItems": 1, "maxItems": most,
                                                              "items": {"anyOf": one}}},
              "required": ["tool_calls"], "additionalProperties": False}
     if choice == "auto":

@@ -62,6 +62,7 @@ class ProcessTable:
         self._tokens: dict[str, deque[tuple[float, int]]] = {}  # app -> (time, tokens) in the last minute
         self.killers: dict[int, Callable[[], None]] = {}  # pid -> how to stop it (abort in kernel, cancel task)
         self.renicers: dict[int, Callable[[int], None]] = {}
+        self.listeners: list[Callable[[Process], None]] = []  # told of every process that ends (metrics)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def spawn(self, app: str, principal: str, kind: str, *, quotas: Quotas | None = None, session: str | None = None,
@@ -110,6 +111,8 @@ class ProcessTable:
             self.killers.pop(p.pid, None)
             self.renicers.pop(p.pid, None)
             self._history.append(p)
+        for listener in self.listeners:
+            listener(p)
 
     # -- ps / kill / renice ----------------------------------------------------------------------------
     def ps(self, app: str | None = None, state: str | None = None, include_finished: bool = True) -> list[Process]:

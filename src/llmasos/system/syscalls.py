@@ -83,6 +83,7 @@ class SystemCalls:
             method = getattr(self, "_" + name.replace(".", "_"), None)
             if method is not None:
                 self.handlers[name] = method
+        self.listeners: list[Callable[[str, str, str], None]] = []  # (app, call, decision) of each call (metrics)
 
     def register(self, name: str, handler: Callable[..., Any]) -> None:
         """Bind a handler to a call of the table (the LLM calls live in llm_calls.py)."""
@@ -174,6 +175,8 @@ class SystemCalls:
                             decision=decision, detail=extra.get("detail"), pid=extra.get("pid"),
                             tokens=extra.get("tokens", 0), latency_ms=(time.perf_counter() - t0) * 1000,
                             flags=extra.get("flags"), pii=cc.manifest.pii.logs if cc else "redact")
+        for listener in self.listeners:
+            listener(cc.app if cc else str(principal.app), name, decision)
 
     async def stream(self, principal: Principal, name: str, args: dict | None = None, *,
                      app: str | None = None) -> AsyncIterator[Any]:
