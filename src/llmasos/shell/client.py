@@ -113,6 +113,29 @@ class LocalOS:
         self.os.shutdown()
 
 
+class KeyAdmin:
+    """The key store of a data directory (or the configured database), without booting the OS."""
+
+    def __init__(self, data_dir: Path | None, config: Path | None) -> None:
+        from llmasos.system.apps import AppTable
+        from llmasos.system.config import load_config
+        from llmasos.system.principals import KeyStore
+        from llmasos.system.storage.db import Database, sqlite_url
+
+        cfg = load_config(config, **({"data_dir": data_dir} if data_dir is not None else {}))
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(cfg.database_url or sqlite_url(cfg.data_dir), cfg.database_schema, cfg.sqlite_synchronous)
+        self.keys, self.apps = KeyStore(self.db), AppTable(self.db)
+
+    def create(self, app: str | None, user: str = "", admin: bool = False) -> str:
+        from llmasos.system.apps import issue_key
+
+        return issue_key(self.keys, self.apps, app, user, admin)
+
+    def close(self) -> None:
+        self.db.close()
+
+
 def resolve_url(url: str | None) -> str | None:
     return url or os.environ.get(URL_ENV) or None
 

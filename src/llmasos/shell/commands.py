@@ -51,6 +51,21 @@ def _with_os(url: str | None, key: str | None, data_dir: Path | None, config: Pa
         client.close()
 
 
+def _with_keys(data_dir: Path | None, config: Path | None, fn: Callable[[Any], Any]) -> Any:
+    from llmasos.shell.client import KeyAdmin
+
+    try:
+        ka = KeyAdmin(data_dir, config)
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    try:
+        return fn(ka)
+    except (SystemCallError, ValueError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        ka.close()
+
+
 def _table(title: str, rows: list[dict], cols: list[str]) -> Table:
     t = Table(title=title, title_justify="left")
     for c in cols:
@@ -244,7 +259,7 @@ def register(app: typer.Typer) -> None:
         requests without a valid key."""
         if not admin and not app_name:
             raise _fail(ValueError("give --app NAME (or --admin)"))
-        k = _with_os(None, None, data_dir, config, lambda c: c.os.create_key(app_name, user=user, admin=admin))
+        k = _with_keys(data_dir, config, lambda ka: ka.create(app_name, user=user, admin=admin))
         if as_json:
             print(json.dumps({"key": k, "app": app_name, "user": user or None, "admin": admin}))
         else:
@@ -255,7 +270,7 @@ def register(app: typer.Typer) -> None:
     def keys_list(app_name: Annotated[str | None, typer.Option("--app", help="Only this app's keys")] = None,
                   data_dir: DataOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         """Keys by id (the secrets are stored hashed and cannot be shown again)."""
-        rows = _with_os(None, None, data_dir, config, lambda c: c.os.services.keys.list(app_name))
+        rows = _with_keys(data_dir, config, lambda ka: ka.keys.list(app_name))
         _emit(rows, as_json, lambda r: _table("keys", r, ["key_id", "role", "app", "user", "created_at",
                                                           "revoked_at"]))
 
@@ -263,7 +278,7 @@ def register(app: typer.Typer) -> None:
     def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from keys list)")],
                     data_dir: DataOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         """Revoke a key: the server refuses it from the next request on."""
-        _with_os(None, None, data_dir, config, lambda c: c.os.services.keys.revoke(key_id))
+        _with_keys(data_dir, config, lambda ka: ka.keys.revoke(key_id))
         _emit({"key_id": key_id, "revoked": True}, as_json, lambda d: f"revoked {d['key_id']}")
 
 

@@ -7,8 +7,9 @@ import time
 
 from sqlalchemy import select
 
-from llmasos.system.errors import NotFound
+from llmasos.system.errors import InvalidRequest, NotFound
 from llmasos.system.manifest import Manifest, client_manifest
+from llmasos.system.principals import ADMIN, KeyStore, Principal
 from llmasos.system.storage.db import Database
 from llmasos.system.storage.store import upsert
 from llmasos.system.storage.tables import apps
@@ -52,3 +53,13 @@ class AppTable:
     def list(self) -> list[Manifest]:
         with self.db.engine.connect() as conn:
             return [Manifest.model_validate(r[0]) for r in conn.execute(select(apps.c.manifest).order_by(apps.c.name))]
+
+
+def issue_key(keys: KeyStore, apps: AppTable, app: str | None, user: str = "", admin: bool = False) -> str:
+    """A new API key: the admin's, or one acting for `app` (registered as an API client if not installed)."""
+    if admin:
+        return keys.create(ADMIN)[1]
+    if not app:
+        raise InvalidRequest("a key needs an app (or admin)", param="app")
+    apps.ensure_client(app)
+    return keys.create(Principal.for_app(app, user))[1]

@@ -20,7 +20,7 @@ from typing import Any
 from llmasos.sdk.app import App
 from llmasos.sdk.context import AppContext
 from llmasos.sdk.transport import LocalTransport
-from llmasos.system.apps import AppTable
+from llmasos.system.apps import AppTable, issue_key
 from llmasos.system.audit import AuditLog
 from llmasos.system.config import OSConfig, load_config
 from llmasos.system.errors import InvalidRequest, NotFound, ProcessFailed, SystemCallError
@@ -316,10 +316,7 @@ class OS:
         return self.services.procs.renice(pid, priority).as_dict()
 
     def create_key(self, app: str | None, user: str = "", admin: bool = False) -> str:
-        if admin:
-            return self.services.keys.create(ADMIN)[1]
-        self.services.apps.ensure_client(app)
-        return self.services.keys.create(Principal.for_app(app, user))[1]
+        return issue_key(self.services.keys, self.services.apps, app, user, admin)
 
     def info(self) -> dict:
         eng = self.llm.engine if self.llm is not None else None
