@@ -8,7 +8,7 @@ import time
 from sqlalchemy import select
 
 from llmasos.system.errors import InvalidRequest, NotFound
-from llmasos.system.manifest import Manifest, client_manifest
+from llmasos.system.manifest import Manifest, Quotas, client_manifest
 from llmasos.system.principals import ADMIN, KeyStore, Principal
 from llmasos.system.storage.db import Database
 from llmasos.system.storage.store import upsert
@@ -16,15 +16,26 @@ from llmasos.system.storage.tables import apps
 
 
 class AppTable:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, default_quotas: Quotas | None = None) -> None:
+        """`default_quotas` fill what a manifest leaves unlimited (API clients' manifests included), when it is
+        read: the stored manifest stays as declared."""
         self.db = db
+        self.default_quotas = default_quotas
         self._cache: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+
+    def _effective(self, m: Manifest) -> Manifest:
+        if self.default_quotas is None:
+            return m
+        defaults = self.default_quotas.model_dump()
+        quotas = {k: v if v is not None else defaults[k] for k, v in m.quotas.model_dump().items()}
+        return m.model_copy(update={"quotas": Quotas.model_validate(quotas)})
 
     def install(self, manifest: Manifest) -> Manifest:
         with self.db.engine.begin() as conn:
             upsert(conn, apps, {"name": manifest.name, "manifest": manifest.model_dump(mode="json"),
                                 "installed_at": time.time()}, ["name"])
+        manifest = self._effective(manifest)
         with self._lock:
             self._cache[manifest.name] = manifest
         return manifest
@@ -45,14 +56,15 @@ class AppTable:
             row = conn.execute(select(apps.c.manifest).where(apps.c.name == name)).first()
         if row is None:
             raise NotFound(f"no app {name!r}")
-        m = Manifest.model_validate(row[0])
+        m = self._effective(Manifest.model_validate(row[0]))
         with self._lock:
             self._cache[name] = m
         return m
 
     def list(self) -> list[Manifest]:
         with self.db.engine.connect() as conn:
-            return [Manifest.model_validate(r[0]) for r in conn.execute(select(apps.c.manifest).order_by(apps.c.name))]
+            rows = conn.execute(select(apps.c.manifest).order_by(apps.c.name))
+            return [self._effective(Manifest.model_validate(r[0])) for r in rows]
 
 
 def issue_key(keys: KeyStore, apps: AppTable, app: str | None, user: str = "", admin: bool = False) -> str:

@@ -93,8 +93,13 @@ class LLMCalls:
         if n_in + (params.max_tokens or 1) > window:
             raise ContextTooLong(f"the prompt has {n_in} tokens and max_tokens is {params.max_tokens}: more than "
                                  f"the {window}-token context window", param="messages")
+        ledger = self.s.ledger
+        used = None
+        if ledger is not None and cc.manifest.quotas.tokens_per_minute is not None and kind == "llm":
+            used = await asyncio.to_thread(ledger.used_last_minute, cc.app)
         proc = self.s.procs.spawn(cc.app, str(cc.principal), kind, quotas=cc.manifest.quotas, session=session,
-                                  parent=current_pid.get(), priority=self._priority(cc, priority), tokens_in=n_in)
+                                  parent=current_pid.get(), priority=self._priority(cc, priority), tokens_in=n_in,
+                                  tokens_used=used)
         proc.memory = memory
         if proc_out is not None:
             proc_out.append(proc)
@@ -122,6 +127,9 @@ class LLMCalls:
             raise
         finally:
             self.s.procs.charge(proc, proc.tokens_in + proc.tokens_out)
+            if ledger is not None:  # written off the loop; the finally of a closed stream cannot await
+                asyncio.get_running_loop().run_in_executor(None, ledger.charge, proc.app,
+                                                           proc.tokens_in + proc.tokens_out)
             self.s.procs.finish(proc, state, error)
 
     async def _final(self, cc: CallContext, prompt: list[int], params: SamplingParams,

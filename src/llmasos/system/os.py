@@ -24,6 +24,7 @@ from llmasos.system.apps import AppTable, issue_key
 from llmasos.system.audit import AuditLog
 from llmasos.system.config import OSConfig, load_config
 from llmasos.system.errors import InvalidRequest, NotFound, ProcessFailed, SystemCallError
+from llmasos.system.ledger import TokenLedger
 from llmasos.system.llm_calls import LLMCalls, current_pid
 from llmasos.system.manifest import Manifest
 from llmasos.system.memory.codec import CharCodec, ChatCodec
@@ -103,13 +104,13 @@ class OS:
         m = self.config.memory
         shares = ContextShares(summary=m.summary_share, recall=m.recall_share)
         return Services(
-            db=self.db, data_dir=self.config.data_dir, store=Store(self.db), apps=AppTable(self.db),
+            db=self.db, data_dir=self.config.data_dir, store=Store(self.db), apps=AppTable(self.db, self.config.default_quotas),
             keys=KeyStore(self.db), audit=AuditLog(self.db),
             procs=ProcessTable(self.config.process_history), tools=ToolRegistry(), recall=recall, archival=archival,
             core=core, summaries=summaries,
             context=ContextBuilder(codec, recall, archival, core, summaries, shares, m.recall_k), codec=codec,
             embedder=self.embedder, llm=self.llm,
-            window=self.llm.engine.max_model_len if self.llm is not None else 2048,
+            window=self.llm.engine.max_model_len if self.llm is not None else 2048, ledger=TokenLedger(self.db),
         )
 
     def _install_configured(self) -> None:
@@ -135,11 +136,7 @@ class OS:
         manifest = app.manifest
         if not isinstance(manifest, Manifest):
             raise InvalidRequest("an app needs a Manifest")
-        # The config's default quotas fill what the manifest leaves unlimited.
-        defaults = self.config.default_quotas.model_dump()
-        quotas = {k: v if v is not None else defaults[k] for k, v in manifest.quotas.model_dump().items()}
-        manifest = manifest.model_copy(update={"quotas": manifest.quotas.model_validate(quotas)})
-        self.services.apps.install(manifest)
+        manifest = self.services.apps.install(manifest)  # the config's default quotas fill the unlimited ones
         self.services.tools.unregister_app(manifest.name)
         for tool in app.tools():
             self.services.tools.register(tool, manifest.name)

@@ -66,21 +66,24 @@ class ProcessTable:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def spawn(self, app: str, principal: str, kind: str, *, quotas: Quotas | None = None, session: str | None = None,
-              parent: int | None = None, priority: int = 0, tokens_in: int = 0) -> Process:
+              parent: int | None = None, priority: int = 0, tokens_in: int = 0,
+              tokens_used: int | None = None) -> Process:
+        """`tokens_used`: the app's tokens in the last minute as the shared ledger counts them (all replicas);
+        None counts this process table's own charges."""
         with self._lock:
             if quotas is not None and kind == "llm":
-                self._check_quotas(app, quotas, tokens_in)
+                self._check_quotas(app, quotas, tokens_in, tokens_used)
             p = Process(next(self._pids), app, principal, kind, session, parent, priority, tokens_in=tokens_in)
             self._live[p.pid] = p
             return p
 
-    def _check_quotas(self, app: str, q: Quotas, tokens_in: int) -> None:
+    def _check_quotas(self, app: str, q: Quotas, tokens_in: int, tokens_used: int | None) -> None:
         if q.max_concurrent is not None:
             n = sum(1 for p in self._live.values() if p.app == app and p.kind == "llm" and p.state in LIVE)
             if n >= q.max_concurrent:
                 raise QuotaExceeded(f"app {app!r} already runs {n} LLM processes (quota max_concurrent={q.max_concurrent})")
         if q.tokens_per_minute is not None:
-            used = self.tokens_last_minute(app)
+            used = self.tokens_last_minute(app) if tokens_used is None else tokens_used
             if used + tokens_in > q.tokens_per_minute:
                 raise QuotaExceeded(f"app {app!r} used {used} tokens in the last minute; {tokens_in} more would exceed "
                                     f"its quota of {q.tokens_per_minute} tokens per minute")

@@ -37,6 +37,7 @@ class Services:
     codec: ChatCodec
     embedder: Any  # system.embedder.Embedder
     llm: Any = None  # kernel.AsyncLLM, None when booted without a model
+    ledger: Any = None  # ledger.TokenLedger: tokens per app in the database, for quotas across replicas
     mcp: Any = None  # tools.mcp_client.MCPManager, created on first use
     window: int = 2048  # the kernel's context window, in tokens
     _files: dict[str, FileArea] = field(default_factory=dict)

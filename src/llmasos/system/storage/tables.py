@@ -132,3 +132,12 @@ audit = Table(  # append-only: triggers refuse UPDATE and DELETE
     Index("ix_audit_app_time", "app", "time"),
     sqlite_autoincrement=True,
 )
+
+token_usage = Table(  # tokens charged per app, so that every replica enforces the same tokens-per-minute quota
+    "token_usage", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String(64), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Index("ix_token_usage_app_time", "app", "time"),
+)
