@@ -1,10 +1,10 @@
-# Two commands on a fresh machine:  `make run` (terminal chat on SmolLM2-135M-Instruct)  and  `make test`.
+# Two commands on a fresh machine:  `make run` (the OS's server and console on SmolLM2-135M-Instruct)  and  `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/llmasos chat
+	$(BIN)/llmasos serve
 
-test: $(STAMP)
+# The console's browser tests drive Debian's chromium (playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 

@@ -103,9 +103,13 @@ def os_router(st: ServerState) -> APIRouter:
         return {"object": "list", "data": data[-limit:]}
 
     def owner(who: Caller, pid: int) -> Caller:
+        """The admin acts in the process's app; an unknown pid fails inside the (audited) call."""
         if not who.is_admin:
             return who
-        return Caller(ADMIN, os_.services.procs.get(pid).app)
+        try:
+            return Caller(ADMIN, os_.services.procs.get(pid).app)
+        except NotFound:
+            return who
 
     @r.get("/v1/processes/{pid}", tags=["Processes"])
     async def process(pid: int, who: Caller = Depends(caller)) -> dict:
