@@ -92,8 +92,10 @@ class Metrics:
     # -- snapshots (also the console's system view) ----------------------------------------------------
     def kernel_snapshot(self) -> dict | None:
         llm = self.os.llm
+        if hasattr(llm, "snapshot"):  # the upstream driver reports its own queue
+            return llm.snapshot()
         eng = getattr(llm, "engine", None)
-        if eng is None:
+        if eng is None or not hasattr(eng, "block_manager"):
             return None
         bm, sched, stats = eng.block_manager, eng.scheduler, eng.stats
         total, free = bm.num_blocks, bm.num_free_blocks

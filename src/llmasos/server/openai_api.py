@@ -73,7 +73,11 @@ def openai_router(st: ServerState) -> APIRouter:
             raise InvalidRequest("suffix is not supported", param="suffix")
         if body.echo and body.logprobs is not None:
             raise InvalidRequest("echo with logprobs is not supported", param="echo")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        prompts: list = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if prompts and isinstance(prompts[0], int):
+            prompts = [prompts]  # one prompt as token ids
+        if body.echo and not isinstance(prompts[0], str):
+            raise InvalidRequest("echo needs a text prompt", param="echo")
         if not prompts or len(prompts) > 64:
             raise InvalidRequest("prompt must be a string or a list of 1 to 64 strings", param="prompt")
         args = _sampling(body)

@@ -60,6 +60,9 @@ def chat_model_id(os_: Any) -> str:
         packaged_gguf,
     )
 
+    pool = getattr(os_.llm, "pool", None)
+    if pool is not None:  # upstream driver: the id the upstreams serve
+        return pool.served_model() or "upstream"
     name = os_.config.model.name
     eng = getattr(os_.llm, "engine", None)
     source = getattr(eng, "model_source", None)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmasos.system.manifest import Quotas
 
@@ -22,7 +22,7 @@ ENV_PREFIX = "LLMASOS_"
 
 
 class ModelConfig(BaseModel):
-    """The native engine's model driver (OpenAI-compatible upstream drivers come with the server)."""
+    """The model driver: the native engine, or OpenAI-compatible upstreams when `upstreams` is set."""
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, description="HF dir / hub name, GGUF file, 'builtin'; None: default")
@@ -33,6 +33,19 @@ class ModelConfig(BaseModel):
     kv_cache_memory: int | None = Field(default=None, gt=0)
     max_num_seqs: int = Field(default=64, ge=1)
     max_num_batched_tokens: int = Field(default=1024, ge=1)
+    upstreams: list[str] = Field(default_factory=list, description="OpenAI-compatible base URLs (vLLM, SGLang, "
+                                 "Ollama, llama.cpp, LLMasOS): the model runs there instead of in process")
+    upstream_model: str | None = Field(default=None, description="the model id on the upstreams (default: theirs)")
+    upstream_api_key: str | None = None
+    upstream_max_inflight: int = Field(default=64, ge=1, description="requests out at once per upstream; the "
+                                       "rest wait in the OS's priority / fair-share queue")
+    tokenizer: str | None = Field(default=None, description="the upstream model's tokenizer (HF dir / hub name / "
+                                  "GGUF / builtin); default: `name`")
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _split_urls(cls, v: Any) -> Any:
+        return [u.strip() for u in v.split(",") if u.strip()] if isinstance(v, str) else v
 
 
 class EmbedderConfig(BaseModel):

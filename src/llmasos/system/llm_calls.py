@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmasos.kernel.sampling_params import SamplingParams, StructuredOutput
+from llmasos.kernel.upstream_pool import UpstreamUnavailable
 from llmasos.system.errors import ContextTooLong, InvalidRequest, Overloaded, SystemCallError
 from llmasos.system.guards.injection import UNTRUSTED_NOTICE, strip_exfiltration, wrap_untrusted
 from llmasos.system.guards.pii import apply_policy
@@ -120,6 +121,9 @@ class LLMCalls:
         except ValueError as exc:
             state, error = ProcState.FAILED, str(exc)
             raise InvalidRequest(str(exc)) from exc
+        except UpstreamUnavailable as exc:
+            state, error = ProcState.FAILED, str(exc)
+            raise Overloaded(str(exc)) from exc
         except BaseException as exc:
             state, error = ProcState.FAILED, f"{type(exc).__name__}: {exc}"
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
@@ -338,12 +342,23 @@ class LLMCalls:
                "text": text, "memory": turn.memory}
 
     # -- llm.complete ----------------------------------------------------------------------------------
-    async def complete(self, cc: CallContext, *, prompt: Any, max_tokens: int = 16, priority: Any = None,
-                       response_format: Any = None, **opts: Any) -> tuple[dict, dict]:
+    def _prompt_ids(self, cc: CallContext, prompt: Any) -> list[int]:
+        """A completion prompt: text (the PII guard applies), or token ids as they are (vLLM-style clients, and
+        our own upstream driver, send those)."""
+        if isinstance(prompt, list):
+            if not prompt or len(prompt) > self._window() or not all(
+                    isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+                raise InvalidRequest("a token-id prompt must be a non-empty list of non-negative integers, no "
+                                     "longer than the context window", param="prompt")
+            return list(prompt)
         check_text(prompt, "prompt", allow_empty=False)
-        prompt = self._pii_in(cc, prompt)
+        return self._encode_raw(self._pii_in(cc, prompt))
+
+    async def complete(self, cc: CallContext, *, prompt: Any, max_tokens: int | None = 16, priority: Any = None,
+                       response_format: Any = None, **opts: Any) -> tuple[dict, dict]:
+        ids = self._prompt_ids(cc, prompt)
         params = self._params(cc, max_tokens, opts, _response_format(response_format))
-        final, proc = await self._final(cc, self._encode_raw(prompt), params, priority=priority)
+        final, proc = await self._final(cc, ids, params, priority=priority)
         policy = cc.manifest.pii
         texts = [apply_policy(c.text, policy.output, policy.kinds, where="the completion")[0] for c in final.outputs]
         usage = {"prompt_tokens": len(final.prompt_token_ids),
@@ -353,14 +368,14 @@ class LLMCalls:
                  "logprobs": self._logprobs(final, opts)},
                 {"_audit": True, "pid": proc.pid, "tokens": usage["prompt_tokens"] + usage["completion_tokens"]})
 
-    async def complete_stream(self, cc: CallContext, extra: dict, *, prompt: Any, max_tokens: int = 16,
-                              priority: Any = None, **opts: Any) -> AsyncIterator[dict]:
-        check_text(prompt, "prompt", allow_empty=False)
-        prompt = self._pii_in(cc, prompt)
-        params = self._params(cc, max_tokens, opts, None)
+    async def complete_stream(self, cc: CallContext, extra: dict, *, prompt: Any, max_tokens: int | None = 16,
+                              priority: Any = None, response_format: Any = None,
+                              **opts: Any) -> AsyncIterator[dict]:
+        ids = self._prompt_ids(cc, prompt)
+        params = self._params(cc, max_tokens, opts, _response_format(response_format))
         procs: list[Process] = []
         final = None
-        async for out in self.generate(cc, self._encode_raw(prompt), params, priority=priority, proc_out=procs):
+        async for out in self.generate(cc, ids, params, priority=priority, proc_out=procs):
             final = out
             c = out.outputs[0]
             if c.delta_text or c.delta_token_ids:

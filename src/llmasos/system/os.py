@@ -89,6 +89,12 @@ class OS:
         from llmasos.kernel.llm import build_engine
 
         mc = self.config.model
+        if mc.upstreams:
+            from llmasos.kernel.upstream_llm import build_upstream_llm
+
+            return build_upstream_llm(mc.upstreams, mc.tokenizer or mc.name, model=mc.upstream_model,
+                                      api_key=mc.upstream_api_key, max_model_len=mc.max_model_len,
+                                      max_inflight=mc.upstream_max_inflight)
         engine = build_engine(EngineConfig(model=mc.name, dtype=mc.dtype, device=mc.device, num_threads=mc.threads,
                                            max_model_len=mc.max_model_len, kv_cache_memory=mc.kv_cache_memory,
                                            max_num_seqs=mc.max_num_seqs,
