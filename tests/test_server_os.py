@@ -281,14 +281,14 @@ def test_shell_commands_against_the_server(keyed, keys):
         assert r.exit_code == 0, r.output
         return r.output
 
-    procs = json.loads(run("ps", "--json"))
-    assert procs and {"pid", "app", "state", "tokens_out"} <= set(procs[0])
-    assert {a["name"] for a in json.loads(run("apps", "--json"))} >= {"assistant", "notes"}
-    assert [m["id"] for m in json.loads(run("models", "--json"))] == ["builtin", "all-MiniLM-L6-v2"]
-    rows = json.loads(run("audit", "--json", "--app", "notes", "--limit", "5"))
-    assert 0 < len(rows) <= 5 and {r["app"] for r in rows} == {"notes"}
     reply = json.loads(run("run", "assistant", "what is 2+3?", "--json"))
     assert "5" in reply["reply"] and reply["pid"] and reply["session_id"].startswith("cli-")
+    procs = json.loads(run("ps", "--json"))
+    assert reply["pid"] in [p["pid"] for p in procs] and {"pid", "app", "state", "tokens_out"} <= set(procs[0])
+    assert {a["name"] for a in json.loads(run("apps", "--json"))} >= {"assistant", "notes"}
+    assert [m["id"] for m in json.loads(run("models", "--json"))] == ["builtin", "all-MiniLM-L6-v2"]
+    rows = json.loads(run("audit", "--json", "--app", "assistant", "--limit", "5"))
+    assert 0 < len(rows) <= 5 and {r["app"] for r in rows} == {"assistant"}
     assert "live processes" in run("top", "--once")
     bad = runner.invoke(app, ["kill", "999999"], env=env)
     assert bad.exit_code == 2 and "no process" in bad.output
@@ -356,3 +356,15 @@ def test_local_mode_binds_to_localhost_only(tmp_path, embedder):
         os_.create_key("someone")
         assert bind_host(os_, "0.0.0.0") == ("0.0.0.0", None)
     assert os.environ.get("LLMASOS_URL") is None  # the shell tests passed their env explicitly
+
+
+def test_chat_repl_through_the_server(keyed, keys):
+    """`llmasos chat --url`: the streaming REPL against a running server; the session is the server's."""
+    from llmasos.cli import app
+
+    r = CliRunner().invoke(app, ["chat", "assistant", "--session", "repl-1"], input="what is 7*6?\n/exit\n",
+                           env={"LLMASOS_URL": keyed.url, "LLMASOS_API_KEY": keys["admin"]})
+    assert r.exit_code == 0, r.output
+    assert "7*6 = 42" in r.stdout
+    history = httpx.get(keyed.url + "/v1/apps/assistant/sessions/repl-1", headers=h(keys["admin"])).json()["data"]
+    assert [m["content"] for m in history] == ["what is 7*6?", "7*6 = 42"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -164,9 +165,18 @@ def chat(
     min_p: MinPOpt = 0.0, repetition_penalty: RepOpt = 1.1, frequency_penalty: FreqOpt = 0.0,
     presence_penalty: PresOpt = 0.0, no_repeat_ngram_size: NgramOpt = 0, stop: StopOpt = None, seed: SeedOpt = None,
     adapter: AdapterOpt = None,
+    url: Annotated[str | None, typer.Option("--url", help="Chat through a running server (default: "
+                                                           "$LLMASOS_URL; none: boot the OS here)")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="API key (default: $LLMASOS_API_KEY)")] = None,
 ) -> None:
     """Chat in the terminal with an app on the OS (default: the assistant, with memory and tools), replies
-    streamed. --raw talks to the model alone. /reset starts a new session, /exit quits."""
+    streamed, with line editing and history. --raw talks to the model alone. /reset starts a new session,
+    /exit quits."""
+    _line_editing()
+    from llmasos.shell.client import resolve_url
+
+    if resolve_url(url) and not raw and adapter is None:
+        return _remote_chat(resolve_url(url), key, app_name, session)
     if raw or adapter is not None:
         params = _params(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
                          presence_penalty, no_repeat_ngram_size, stop, seed)
@@ -233,6 +243,65 @@ def _os_chat(app_name: str, model: str | None, dtype: str, threads: int | None, 
             print()
     finally:
         os_.shutdown()
+
+
+def _line_editing() -> None:
+    """Arrow keys and history for input() in a terminal, where the platform has readline."""
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401
+
+
+def _remote_chat(url: str, key: str | None, app_name: str, session: str | None) -> None:
+    import os
+    import uuid
+
+    import httpx
+
+    from llmasos.system.errors import SystemCallError, from_response
+
+    key = key or os.environ.get("LLMASOS_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    sid = session or f"cli-{uuid.uuid4().hex[:8]}"
+    err.print(f"[dim]app {app_name} on {url}; session {sid}. /reset starts a new session, /exit quits[/dim]")
+    interactive = sys.stdin.isatty()
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(600, connect=5)) as c:
+        while True:
+            try:
+                line = input("you> " if interactive else "").strip()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not line:
+                continue
+            if line in ("/exit", "/quit"):
+                break
+            if line == "/reset":
+                sid = f"cli-{uuid.uuid4().hex[:8]}"
+                err.print("[dim]new session[/dim]")
+                continue
+            sys.stdout.write(f"{app_name}> ")
+            try:
+                with c.stream("POST", f"/v1/apps/{app_name}/chat",
+                              json={"session_id": sid, "message": line, "stream": True}) as r:
+                    if r.status_code != 200:
+                        r.read()
+                        raise from_response(r.status_code, r.json())
+                    for raw_line in r.iter_lines():
+                        if not raw_line.startswith("data: {"):
+                            continue
+                        item = json.loads(raw_line[6:])
+                        if "error" in item:
+                            raise from_response(500, item)
+                        sys.stdout.write(item.get("delta", ""))
+                        sys.stdout.flush()
+            except SystemCallError as exc:
+                err.print(f"\n[red]error:[/red] {exc.message}")
+            except httpx.TransportError as exc:
+                err.print(f"\n[red]error:[/red] no server at {url}: {exc}")
+                raise typer.Exit(2) from exc
+            except KeyboardInterrupt:
+                pass  # leaving the stream closes it: the server aborts the reply
+            print()
 
 
 def _raw_chat(model: str | None, dtype: str, threads: int | None, system: str | None, params: SamplingParams,

@@ -191,7 +191,11 @@ class SystemCalls:
         try:
             cc = self.context(principal, app)
             self.check(cc, spec.permission)
-            async for item in self.handlers[name + ":stream"](cc, extra, **args):
+            try:
+                items = self.handlers[name + ":stream"](cc, extra, **args)
+            except TypeError as exc:
+                raise _bad_arguments(name, exc) from exc
+            async for item in items:
                 yield item
             await asyncio.to_thread(self._audit, principal, cc, name, args, "allowed", t0, extra)
         except SystemCallError as exc:
@@ -200,6 +204,10 @@ class SystemCalls:
         except (asyncio.CancelledError, GeneratorExit):
             self._audit(principal, cc, name, args, "failed", t0, {**extra, "detail": "cancelled"})
             raise
+        except Exception as exc:
+            await asyncio.to_thread(self._audit, principal, cc, name, args, "failed", t0,
+                                    {**extra, "detail": f"{type(exc).__name__}: {exc}"})
+            raise SystemCallError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
 
     # -- embed -----------------------------------------------------------------------------------------
     def _embed(self, cc: CallContext, texts: list[str]) -> tuple[dict, dict]:
