@@ -45,9 +45,8 @@ def os_router(st: ServerState) -> APIRouter:
     @r.get("/v1/apps", tags=["Apps"])
     async def list_apps(who: Caller = Depends(caller)) -> dict:
         apps = await asyncio.to_thread(os_.apps)
-        runnable = set(os_._apps)
-        data = [{**m.model_dump(mode="json"), "handlers": sorted(os_.app(m.name).handlers()) if m.name in runnable
-                 else []} for m in apps if who.is_admin or m.name == who.app]
+        data = [{**m.model_dump(mode="json"), "handlers": os_.handlers(m.name)}
+                for m in apps if who.is_admin or m.name == who.app]
         return {"object": "list", "data": data}
 
     @r.post("/v1/apps/{app}/chat", tags=["Apps"])

@@ -175,6 +175,11 @@ class OS:
     def apps(self) -> list[Manifest]:
         return self.services.apps.list()
 
+    def handlers(self, name: str) -> list[str]:
+        """The handlers an installed app runs here (none for an API client or a manifest without code)."""
+        a = self._apps.get(name)
+        return sorted(a.handlers()) if a is not None else []
+
     def app(self, name: str) -> App:
         a = self._apps.get(name)
         if a is None:
