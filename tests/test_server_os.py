@@ -199,6 +199,9 @@ def test_apps_chat_handlers_processes_and_audit(keyed, keys):
     assert httpx.delete(f"{keyed.url}/v1/processes/999999", headers=admin).status_code == 404
     audit = httpx.get(keyed.url + "/v1/audit", headers=admin, params={"app": "notes", "call": "storage.doc_put"})
     assert audit.json()["data"] and {e["call"] for e in audit.json()["data"]} == {"storage.doc_put"}
+    refused = httpx.post(keyed.url + "/v1/embeddings", headers=h(keys["narrow"]),
+                         json={"model": "all-MiniLM-L6-v2", "input": "x"})
+    assert refused.status_code == 403
     denied = httpx.get(keyed.url + "/v1/audit", headers=h(keys["narrow"]), params={"decision": "denied"}).json()
     assert denied["data"] and {e["app"] for e in denied["data"]} == {"narrow"}
 
