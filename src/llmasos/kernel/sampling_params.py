@@ -56,6 +56,9 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.top_k == -1:
             self.top_k = 0
+        if _is_num(self.temperature) and 0 < self.temperature < GREEDY_BELOW:
+            # Dividing logits by ~0 overflows float32: such a temperature means greedy (as vLLM treats it).
+            self.temperature = 0.0
         self.validate()
 
     def validate(self) -> None:
@@ -72,8 +75,10 @@ class SamplingParams:
         need(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be -1, 0 or a positive integer, got {self.top_k!r}")
         need(_is_num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         need(_is_num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
-        need(_is_num(self.repetition_penalty) and self.repetition_penalty > 0,
-             f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        need(_is_num(self.temperature) and self.temperature <= MAX_TEMPERATURE,
+             f"temperature must be at most {MAX_TEMPERATURE}, got {self.temperature!r}")
+        need(_is_num(self.repetition_penalty) and 1e-3 <= self.repetition_penalty <= 1e3,
+             f"repetition_penalty must be in [0.001, 1000], got {self.repetition_penalty!r}")
         need(_is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}")
         need(_is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
@@ -89,13 +94,19 @@ class SamplingParams:
              f"logprobs must be an integer in [0, 20], got {self.logprobs!r}")
         if self.logit_bias is not None:
             for k, v in self.logit_bias.items():
-                need(isinstance(k, int) and _is_num(v), f"logit_bias must map token ids to numbers, got {k!r}: {v!r}")
+                need(isinstance(k, int) and _is_num(v) and -MAX_BIAS <= v <= MAX_BIAS,
+                     f"logit_bias must map token ids to numbers in [-{MAX_BIAS:g}, {MAX_BIAS:g}], got {k!r}: {v!r}")
         need(self.structured is None or isinstance(self.structured, StructuredOutput),
              "structured must be a StructuredOutput")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily
+MAX_TEMPERATURE = 1e4
+MAX_BIAS = 1e4  # beyond float32's comfort a bias overflows; +-100 already forces or bans a token
 
 
 def _is_num(x: object) -> bool:

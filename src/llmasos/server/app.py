@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -70,4 +71,43 @@ def create_app(os_: Any) -> FastAPI:
             return FileResponse(STATIC / "index.html")
 
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+ERRORS = {"400": "Bad request (malformed JSON, wrong types, unknown fields, values out of range)",
+          "401": "Missing or invalid API key", "403": "The app's manifest lacks the permission",
+          "404": "Unknown model, route or object (another app's objects do not exist)",
+          "413": "Prompt longer than the context window, or body too large",
+          "429": "The app's quota is exhausted", "503": "Overloaded, or no model"}
+STREAMING = {("post", "/v1/chat/completions"), ("post", "/v1/completions"), ("post", "/v1/apps/{app}/chat"),
+             ("post", "/v1/syscalls/{name}/stream")}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The spec as the server behaves: OpenAI error JSON with the statuses it sends (never FastAPI's 422),
+    event streams where `stream` is set, Prometheus text for /metrics."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        comps.pop(unused, None)
+    comps["ErrorResponse"] = {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            for code, desc in ERRORS.items():
+                responses.setdefault(code, {"description": desc, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+            if (method, path) in STREAMING:
+                # One server-sent event per item: `data:` holds a JSON object, the last is `[DONE]`.
+                responses["200"].setdefault("content", {})["text/event-stream"] = {"schema": {
+                    "type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}
+    schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    app.openapi_schema = schema
+    return schema

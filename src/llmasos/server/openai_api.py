@@ -171,6 +171,8 @@ def _sampling(body: Any) -> dict:
             args["logit_bias"] = {int(k): float(v) for k, v in body.logit_bias.items()}
         except ValueError as exc:
             raise InvalidRequest("logit_bias keys must be token ids", param="logit_bias") from exc
+        if any(not -100 <= v <= 100 for v in args["logit_bias"].values()):
+            raise InvalidRequest("logit_bias values must be in [-100, 100]", param="logit_bias")
     return args
 
 

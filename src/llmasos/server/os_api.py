@@ -140,7 +140,7 @@ def os_router(st: ServerState) -> APIRouter:
 
     # -- storage (the caller's app only) -------------------------------------------------------------------
     @r.get("/v1/storage/kv", tags=["Storage"])
-    async def kv_list(prefix: str = "", limit: int = Query(1000, ge=1, le=10000), who: Caller = Depends(caller)) -> dict:
+    async def kv_list(prefix: str = "", limit: int = Query(1000, ge=1, le=1000), who: Caller = Depends(caller)) -> dict:
         return {"data": await st.call(who, "storage.kv_list", {"prefix": prefix, "limit": limit})}
 
     @r.get("/v1/storage/kv/{key:path}", tags=["Storage"])

@@ -68,14 +68,14 @@ class _Sampling(_Strict):
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, description="token id -> bias in [-100, 100]")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # Extensions (vLLM spells them the same way).
     top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=2)
     min_tokens: int | None = Field(default=None, ge=0)
     ignore_eos: bool | None = None
     priority: int | None = Field(default=None, ge=-20, le=19, description="nice value; lower runs first")
@@ -146,7 +146,7 @@ class FileBody(_Strict):
 
 class FindBody(_Strict):
     where: dict[str, Any] | None = None
-    limit: int = Field(default=100, ge=1, le=10000)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class SyscallBody(_Strict):

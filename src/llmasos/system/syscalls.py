@@ -149,8 +149,11 @@ class SystemCalls:
         try:
             try:
                 result = handler(cc, **args)
-            except TypeError as exc:
-                raise _bad_arguments(name, exc) from exc
+            except SystemCallError:
+                raise
+            except (TypeError, ValueError, OverflowError) as exc:
+                # The arguments are JSON from the caller: a value the handler cannot use is the caller's error.
+                raise InvalidRequest(f"{name}: invalid arguments: {exc}") from exc
         except SystemCallError as exc:
             self._audit_error(principal, cc, name, args, t0, exc)
             exc._audited = True  # type: ignore[attr-defined]
@@ -247,7 +250,7 @@ class SystemCalls:
         return [h.__dict__ for h in self.s.archival.search(cc.app, query, k, user=cc.user or None, filters=filters)]
 
     def _memory_archival_delete(self, cc: CallContext, id: int) -> None:  # noqa: A002
-        self.s.archival.delete(cc.app, int(id))
+        self.s.archival.delete(cc.app, _item_id(id))
 
     def _memory_core_get(self, cc: CallContext) -> dict[str, str]:
         return self.s.core.get_all(cc.app, cc.user)
@@ -375,7 +378,13 @@ def _bad_arguments(name: str, exc: TypeError) -> Exception:
     return InvalidRequest(f"{name}: {exc}")
 
 
+def _item_id(item_id: Any) -> int:
+    if not isinstance(item_id, int) or isinstance(item_id, bool) or not 1 <= item_id < 2**63:
+        raise InvalidRequest("id must be a positive integer below 2**63", param="id")
+    return item_id
+
+
 def _pid(pid: Any) -> int:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid < 1:
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 1 <= pid < 2**63:
         raise InvalidRequest("pid must be a positive integer", param="pid")
     return pid
