@@ -247,6 +247,24 @@ def register(app: typer.Typer) -> None:
         finally:
             client.close()
 
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def bench(ctx: typer.Context,
+              which: Annotated[str, typer.Argument(help="serve (load test of a server, like `vllm bench "
+                                                        "serve`), engine, system, workloads, ...")] = "serve") -> None:
+        """Run a benchmark of benchmarks/ (ours and the baselines side by side); other options go to it,
+        e.g. `llmasos bench serve --url http://127.0.0.1:8000 --num-prompts 200`; `llmasos bench serve -- --help`
+        lists them."""
+        import subprocess
+        import sys
+
+        root = Path(__file__).resolve().parents[3] / "benchmarks"
+        script = root / f"bench_{which}.py"
+        if not script.is_file():
+            found = sorted(p.stem.removeprefix("bench_") for p in root.glob("bench_*.py")) if root.is_dir() else []
+            raise _fail(ValueError(f"no benchmark {which!r}" + (f"; there are: {', '.join(found)}" if found else
+                                   " (the benchmarks ship with the source repository, not the wheel)")))
+        raise typer.Exit(subprocess.run([sys.executable, str(script), *ctx.args]).returncode)
+
     @keys_app.command("create")
     def keys_create(
         app_name: Annotated[str | None, typer.Option("--app", help="The app the key acts for (a new name "
