@@ -823,8 +823,9 @@ def main(argv: list[str] | None = None) -> int:
                 rc = 1
         if args.json_out:
             args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            doc = {"args": {k: (str(v) if isinstance(v, Path) or v == float("inf") else v)
-                            for k, v in vars(args).items()},
+            doc = {"args": {k: ("***" if k == "api_key" and v else
+                                str(v) if isinstance(v, Path) or v == float("inf") else v)
+                            for k, v in vars(args).items()},  # a key must not end up in a results file
                    "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
                    "date": time.strftime("%Y-%m-%d %H:%M:%S"), "skipped": skipped, "runs": summaries}
             args.json_out.write_text(json.dumps(doc, indent=1, default=str))

@@ -371,3 +371,38 @@ def test_chat_repl_through_the_server(keyed, keys):
     assert "7*6 = 42" in r.stdout
     history = httpx.get(keyed.url + "/v1/apps/assistant/sessions/repl-1", headers=h(keys["admin"])).json()["data"]
     assert [m["content"] for m in history] == ["what is 7*6?", "7*6 = 42"]
+
+
+def test_shell_renices_and_kills_a_live_process(keyed, keys):
+    """`llmasos renice` and `llmasos kill` against the server, on a generation that is running."""
+    env = {"LLMASOS_URL": keyed.url, "LLMASOS_API_KEY": keys["admin"]}
+    os_ = keyed.os
+
+    async def scenario() -> tuple[str, str, dict]:
+        async with httpx.AsyncClient(base_url=keyed.url, headers=h(keys["admin"]), timeout=120) as c:
+            gen = asyncio.ensure_future(c.post("/v1/chat/completions", json={
+                "model": "builtin", "messages": [{"role": "user", "content": "On and on."}], "max_tokens": 900,
+                "ignore_eos": True}))
+            while not (live := [p for p in os_.ps(state="running") if p["kind"] == "llm"]):
+                assert not gen.done(), gen.result().text
+                await asyncio.sleep(0.02)
+            pid = str(live[0]["pid"])
+            reniced = await asyncio.to_thread(shell, "renice", pid, "7", "--json", env=env)
+            killed = await asyncio.to_thread(shell, "kill", pid, env=env)
+            return reniced, killed, (await gen).json()
+
+    reniced, killed, reply = asyncio.run(scenario())
+    assert json.loads(reniced)["priority"] == 7
+    assert "killed" in killed and reply["choices"][0]["finish_reason"] == "abort"
+
+
+def test_bench_serve_runs_against_the_server(keyed, keys, tmp_path):
+    """`llmasos bench serve --url`: the load benchmark against a running server, with its JSON figures."""
+    out = tmp_path / "bench.json"
+    cli("bench", "serve", "--url", keyed.url, "--api-key", keys["admin"], "--num-prompts", "6", "--concurrency",
+        "6", "--input-len", "16", "--output-len", "4", "--warmup", "0", "--skip-vllm", "--json-out", str(out))
+    figures = json.loads(out.read_text())
+    run = figures["runs"][0]
+    assert (run["successful"], run["failed"], run["status_codes"]) == (6, 0, {"200": 6}), run
+    assert run["ttft_p50_ms"] > 0 and run["output_tok_s"] > 0
+    assert figures["args"]["api_key"] == "***"  # the key is not written to the results
