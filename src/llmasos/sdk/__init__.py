@@ -4,9 +4,10 @@ schedules and audits every call it makes."""
 from llmasos.sdk.app import App, FunctionApp, app, handler
 from llmasos.sdk.context import AppContext
 from llmasos.sdk.http_transport import HttpTransport, remote_context
+from llmasos.sdk.standalone import Standalone, shared_runtime
 from llmasos.sdk.transport import LocalTransport, Transport
 from llmasos.system.manifest import Manifest, Quotas
 from llmasos.system.tools.registry import Tool, ToolContext
 
-__all__ = ["App", "AppContext", "FunctionApp", "HttpTransport", "LocalTransport", "Manifest", "Quotas", "Tool",
-           "ToolContext", "Transport", "app", "handler", "remote_context"]
+__all__ = ["App", "AppContext", "FunctionApp", "HttpTransport", "LocalTransport", "Manifest", "Quotas", "Standalone",
+           "Tool", "ToolContext", "Transport", "app", "handler", "remote_context", "shared_runtime"]
