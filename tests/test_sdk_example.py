@@ -3,19 +3,12 @@ handler exercised on a real OS (built-in model, real embedder, SQLite)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from support import example_source
 
 from llmasos.system.errors import NotFound
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "sdk.md"
-
-
-def example_source() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    return next(b for b in blocks if "class Notes(App)" in b)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

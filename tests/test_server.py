@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 
 import httpx
 import jsonschema
 import numpy as np
 import openai
 import pytest
+from support import wait_idle
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,6 @@ def client(server) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def model(client) -> str:
     return client.models.list().data[0].id
-
-
-def wait_idle(os_, timeout: float = 30) -> None:
-    """Until the kernel has nothing live (an abort is applied between two steps)."""
-    deadline = time.monotonic() + timeout
-    while os_.llm.num_live() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os_.llm.submit(lambda e: None).result(timeout=timeout)
 
 
 def test_models_lists_the_chat_and_the_embedding_model(client, server):

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import example_source, wait_idle
 from typer.testing import CliRunner
 
 from llmasos.sdk import App, Manifest, Quotas
-from tests.test_sdk_example import example_source
-from tests.test_server import wait_idle
 
 
 class Narrow(App):

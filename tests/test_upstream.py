@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
-from tests.test_replicas import free_port
+from support import free_port
 
 
 def wait_ready(base: str, proc: subprocess.Popen | None = None, timeout: float = 180) -> None:
