@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from functools import cache
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def load_cpu_extension(name: str, sources: list[str], fallback: str):  # noqa: A
         csrc = Path(__file__).with_name("csrc")
         return load(
             name=name,
+            build_directory=str(_build_dir(name, csrc)),
             sources=[str(csrc / s) for s in sources],
             extra_include_paths=[str(csrc)],
             extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-mf16c", "-mfma", "-fopenmp"],
@@ -59,6 +61,29 @@ def load_cpu_extension(name: str, sources: list[str], fallback: str):  # noqa: A
     except Exception as exc:  # no compiler, no ninja, odd toolchain: fall back, never fail inference
         log.warning("%s: %s", fallback, exc)
         return None
+
+
+STALE_LOCK_S = 900  # a build takes about 2 minutes; a lock this old was left by a killed process
+
+
+def _build_dir(name: str, csrc: Path) -> Path:
+    """One build directory per checkout: two checkouts of the same sources in one cache would rebuild in turn
+    (their paths differ in the build file), each waiting on the other's lock. A lock left behind by a process
+    killed mid-build would make every later load wait forever: it is removed once it is clearly stale."""
+    import hashlib
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    d = Path(get_default_build_root()) / f"{name}-{hashlib.sha1(str(csrc.resolve()).encode()).hexdigest()[:10]}"
+    d.mkdir(parents=True, exist_ok=True)
+    lock = d / "lock"
+    try:
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            log.warning("removing a stale build lock %s", lock)
+            lock.unlink()
+    except OSError:
+        pass
+    return d
 
 
 @cache
