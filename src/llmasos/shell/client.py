@@ -101,6 +101,10 @@ class LocalOS:
         return self.os.services.audit.query(app, **{k: v for k, v in filters.items() if v is not None})
 
     def run(self, app: str, text: str, session: str) -> dict:
+        from llmasos.sdk.discovery import bundled
+
+        if not self.os.handlers(app) and (found := bundled(app)) is not None:
+            self.os.install(found)  # a bundled app runs from the shell even when the config does not list it
         procs: list = []
         reply = self.os.run(self.os.run_handler(app, "chat", {"session_id": session, "message": text},
                                                 proc_out=procs))
