@@ -188,6 +188,7 @@ def _os_chat(app_name: str, model: str | None, dtype: str, threads: int | None, 
              config: Path | None, session: str | None) -> None:
     import uuid
 
+    from llmasos.sdk.discovery import bundled
     from llmasos.system.errors import SystemCallError
     from llmasos.system.os import OS
 
@@ -199,6 +200,8 @@ def _os_chat(app_name: str, model: str | None, dtype: str, threads: int | None, 
     try:
         with err.status(f"booting LLMasOS on {model or 'the configured model'}..."):
             os_ = OS(config, **overrides)
+            if not os_.handlers(app_name) and (found := bundled(app_name)) is not None:
+                os_.install(found)  # a bundled app opens even when the config does not list it
             os_.app(app_name)
     except (ValueError, FileNotFoundError, SystemCallError) as exc:
         err.print(f"[red]error:[/red] {exc}")
