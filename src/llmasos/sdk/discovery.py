@@ -25,6 +25,14 @@ def _instances(module: Any) -> list[App]:
     return out
 
 
+def bundled_names() -> list[str]:
+    """The apps that ship in `llmasos.apps` (each a package there)."""
+    import llmasos.apps
+
+    root = Path(llmasos.apps.__file__).parent
+    return sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file() and not p.name.startswith("_"))
+
+
 def bundled(name: str) -> App | None:
     """An app shipped in `llmasos.apps.<name>`."""
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -118,6 +119,10 @@ def register(app: typer.Typer) -> None:
             overrides["model"] = model_over
         if data_dir is not None:
             overrides["data_dir"] = data_dir
+        if config is None and "LLMASOS_APPS" not in os.environ:
+            from llmasos.sdk.discovery import bundled_names
+
+            overrides["apps"] = bundled_names()  # the server offers every bundled app unless told otherwise
         try:
             with err.status(f"booting LLMasOS on {model or 'the configured model'}..."):
                 os_ = OS(config, **overrides)
@@ -227,7 +232,6 @@ def register(app: typer.Typer) -> None:
         from llmasos.shell.client import RemoteOS
 
         target = resolve_url(url) or "http://127.0.0.1:8000"
-        import os
 
         client = RemoteOS(target, key or os.environ.get(KEY_ENV))
         prev: dict | None = None
