@@ -143,7 +143,8 @@ def register(app: typer.Typer) -> None:
             err.print(f"  API docs  {handle.url}/docs")
             auth = "" if not os_.services.keys.any_keys() else " -H \"Authorization: Bearer $LLMASOS_API_KEY\""
             err.print(f"  try       curl {handle.url}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
-                      f"-d '{{\"model\": \"{mid}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")
+                      f"-d '{{\"model\": \"{mid}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
+                      soft_wrap=True)  # one line, ready to paste
             err.print("  terminal chat: llmasos chat    stop: Ctrl-C")
 
         try:
