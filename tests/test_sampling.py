@@ -144,3 +144,15 @@ def test_structured_output_needs_exactly_one_constraint():
         StructuredOutput(regex="a+", choice=["a"])
     with pytest.raises(ValueError):
         StructuredOutput(choice=[])
+
+
+def test_a_row_that_overflowed_samples_its_best_token_instead_of_failing_the_batch():
+    """One request's logits turned to inf / nan must not fail the step for the others."""
+    vocab = 32
+    logits = torch.randn(3, vocab)
+    logits[0, 5] = float("inf")
+    logits[1, :] = float("nan")
+    logits[1, 9] = 100.0
+    seqs = [mkseq([1, 2], SamplingParams(temperature=1.0)) for _ in range(3)]
+    out = sample(logits, seqs, eos_ids=[])
+    assert out[0].token_id == 5 and out[1].token_id == 9 and 0 <= out[2].token_id < vocab

@@ -115,6 +115,14 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int],
             torch.tensor([s.params.min_p for s in sub], device=dev, dtype=torch.float),
         )
         probs = scaled.softmax(-1)
+        bad = ~(torch.isfinite(probs).all(-1) & (probs.sum(-1) > 0))
+        if bool(bad.any()):
+            # A row that overflowed (an extreme bias or penalty) samples its most likely token instead of
+            # failing the step, and with it every request in the batch.
+            rows = bad.nonzero().squeeze(-1)
+            best = torch.nan_to_num(logits[stochastic][rows].float(), nan=float("-inf")).argmax(-1)
+            probs[rows] = 0.0
+            probs[rows, best] = 1.0
         unseeded = [j for j, s in enumerate(sub) if s.generator is None]
         if unseeded:
             drawn = torch.multinomial(probs[unseeded], 1).squeeze(-1)
