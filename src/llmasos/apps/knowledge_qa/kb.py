@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from llmasos.apps.knowledge_qa.ingest import chunk_text, load_file, normalize, sentences
-from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, MODES, Bm25Index, Hit, fuse, tokenize
+from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, MODES, Bm25Index, Hit, ranked_hits, tokenize
 from llmasos.sdk import local_embed
 
 # Refuse when the best passage's cosine similarity to the question is below this: chosen on the dev questions
@@ -272,28 +272,7 @@ class KnowledgeBase:
             bm = self._bm25.scores(query) if mode != "dense" else np.zeros(len(self._keys), np.float32)
             bm25 = {i: float(s) for i, s in enumerate(bm) if s > 0}
             dense = {} if qvec is None else {i: float(s) for i, s in enumerate(self._vecs @ qvec)}
-            ranked = fuse(
-                self._keys,
-                bm25,
-                dense,
-                "hybrid" if mode == "rrf" else mode,
-                weight,
-                "rrf" if mode == "rrf" else "z",
-            )[:k]
-            return [
-                Hit(
-                    doc,
-                    score,
-                    self._texts[best],
-                    self._keys[best][1],
-                    dict(self._docs[doc]["metadata"]),
-                    sig["bm25"],
-                    sig["similarity"],
-                    sig["bm25_rank"],
-                    sig["dense_rank"],
-                )
-                for doc, score, best, sig in ranked
-            ]
+            return ranked_hits(self._keys, self._texts, self._docs, bm25, dense, mode, weight, k)
 
     # -- answers
     # ------------------------------------------------------------------------------------------------------

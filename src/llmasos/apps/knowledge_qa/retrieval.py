@@ -210,3 +210,14 @@ def _best_chunk(
     bmax = max(b_doc.get(doc, (0.0,))[0], 1e-9)
     dmax = max(d_doc.get(doc, (0.0,))[0], 1e-9)
     return max(sorted(cands), key=lambda i: bm25.get(i, 0.0) / bmax + dense.get(i, 0.0) / dmax)
+
+
+def ranked_hits(keys: list, texts: list[str], docs: dict, bm25: dict[int, float], dense: dict[int, float],
+                mode: str, weight: float, k: int) -> list[Hit]:
+    """The top `k` documents of one chunk index (the library's in-memory one or the OS app's): fused scores,
+    one hit per document with its best chunk. `mode` "rrf" is the hybrid fused by reciprocal rank."""
+    ranked = fuse(keys, bm25, dense, "hybrid" if mode == "rrf" else mode, weight,
+                  "rrf" if mode == "rrf" else "z")[:k]
+    return [Hit(doc, score, texts[best], keys[best][1], dict(docs[doc]["metadata"]), sig["bm25"],
+                sig["similarity"], sig["bm25_rank"], sig["dense_rank"])
+            for doc, score, best, sig in ranked]

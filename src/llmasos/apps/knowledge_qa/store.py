@@ -16,7 +16,7 @@ import numpy as np
 
 from llmasos.apps.knowledge_qa.ingest import chunk_text, normalize
 from llmasos.apps.knowledge_qa.kb import KnowledgeBase, answer_from_hits, stream_from_hits
-from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, MODES, Hit, fuse
+from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, MODES, Hit, ranked_hits
 
 DENSE_TOP = 100  # chunks taken from the archival search per query (its maximum k)
 MAX_DOCS = 1000  # documents per knowledge base (one storage listing)
@@ -136,28 +136,7 @@ class StoredKnowledgeBase(KnowledgeBase):
                 if mode == "dense"
                 else {i: float(s) for i, s in enumerate(self._bm25.scores(query)) if s > 0}
             )
-            ranked = fuse(
-                self._keys,
-                bm25,
-                dense,
-                "hybrid" if mode == "rrf" else mode,
-                weight,
-                "rrf" if mode == "rrf" else "z",
-            )[:k]
-            return [
-                Hit(
-                    doc,
-                    score,
-                    self._texts[best],
-                    self._keys[best][1],
-                    dict(self._docs[doc]["metadata"]),
-                    sig["bm25"],
-                    sig["similarity"],
-                    sig["bm25_rank"],
-                    sig["dense_rank"],
-                )
-                for doc, score, best, sig in ranked
-            ]
+            return ranked_hits(self._keys, self._texts, self._docs, bm25, dense, mode, weight, k)
 
     async def aanswer(self, question: str, k: int = 3, generate: bool = True) -> Any:
         hits = await self.asearch(question, k)
