@@ -11,21 +11,13 @@ import jsonschema
 import numpy as np
 import openai
 import pytest
-from support import wait_idle
+from support import builtin_server, wait_idle
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, embedder):
-    from llmasos.server import start_server
-    from llmasos.system.os import OS
-
-    os_ = OS(data_dir=tmp_path_factory.mktemp("srv"), embedder=embedder,
-             model={"name": "builtin", "dtype": "float32", "kv_cache_memory": 64 << 20, "max_num_seqs": 64})
-    handle = start_server(os_)
-    handle.os = os_
-    yield handle
-    handle.stop()
-    os_.shutdown()
+    with builtin_server(tmp_path_factory.mktemp("srv"), embedder) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
+from support import builtin_server
 
 EXAMPLES = int(os.environ.get("LLMASOS_FUZZ_EXAMPLES", "8"))  # per operation and generation mode
 RANDOM = bool(os.environ.get("LLMASOS_FUZZ_RANDOM"))  # default: the same inputs every run (no flaky suite)
@@ -48,16 +49,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, embedder):
-    from llmasos.server import start_server
-    from llmasos.system.os import OS
-
-    os_ = OS(data_dir=tmp_path_factory.mktemp("fuzz"), embedder=embedder,
-             model={"name": "builtin", "dtype": "float32", "kv_cache_memory": 64 << 20, "max_num_seqs": 64})
-    handle = start_server(os_)
-    handle.os = os_
-    yield handle
-    handle.stop()
-    os_.shutdown()
+    with builtin_server(tmp_path_factory.mktemp("fuzz"), embedder) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")
