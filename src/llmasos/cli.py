@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -214,36 +215,18 @@ def _os_chat(app_name: str, model: str | None, dtype: str, threads: int | None, 
         err.print(f"[dim]app {app_name} on {label} ({eng.model.config.num_params / 1e6:.0f}M parameters, "
                   f"{os_.services.window}-token window); data in {os_.config.data_dir}[/dim]")
         err.print("[dim]/reset starts a new session, /exit or Ctrl-D quits[/dim]")
-        sid = session or f"cli-{uuid.uuid4().hex[:8]}"
-        interactive = sys.stdin.isatty()
 
-        async def reply(line: str) -> None:
+        async def reply(sid: str, line: str) -> None:
             async for piece in os_.handle_stream(app_name, sid, line):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
 
-        while True:
-            try:
-                line = input("you> " if interactive else "").strip()
-            except (EOFError, KeyboardInterrupt):
-                break
-            if not line:
-                continue
-            if line in ("/exit", "/quit"):
-                break
-            if line == "/reset":
-                sid = f"cli-{uuid.uuid4().hex[:8]}"
-                err.print("[dim]new session[/dim]")
-                continue
-            sys.stdout.write(f"{app_name}> ")
-            try:
-                os_.run(reply(line))
-            except SystemCallError as exc:
-                err.print(f"\n[red]error:[/red] {exc.message}")
-            except KeyboardInterrupt:
-                for p in os_.ps(state="running"):
-                    os_.kill(p["pid"])
-            print()
+        def stop_replies() -> None:
+            for p in os_.ps(state="running"):
+                os_.kill(p["pid"])
+
+        _app_repl(app_name, session or f"cli-{uuid.uuid4().hex[:8]}", lambda sid, line: os_.run(reply(sid, line)),
+                  stop_replies)
     finally:
         os_.shutdown()
 
@@ -261,28 +244,15 @@ def _remote_chat(url: str, key: str | None, app_name: str, session: str | None) 
 
     import httpx
 
-    from llmasos.system.errors import SystemCallError, from_response
+    from llmasos.system.errors import from_response
 
     key = key or os.environ.get("LLMASOS_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     sid = session or f"cli-{uuid.uuid4().hex[:8]}"
     err.print(f"[dim]app {app_name} on {url}; session {sid}. /reset starts a new session, /exit quits[/dim]")
-    interactive = sys.stdin.isatty()
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(600, connect=5)) as c:
-        while True:
-            try:
-                line = input("you> " if interactive else "").strip()
-            except (EOFError, KeyboardInterrupt):
-                break
-            if not line:
-                continue
-            if line in ("/exit", "/quit"):
-                break
-            if line == "/reset":
-                sid = f"cli-{uuid.uuid4().hex[:8]}"
-                err.print("[dim]new session[/dim]")
-                continue
-            sys.stdout.write(f"{app_name}> ")
+
+        def reply(sid: str, line: str) -> None:
             try:
                 with c.stream("POST", f"/v1/apps/{app_name}/chat",
                               json={"session_id": sid, "message": line, "stream": True}) as r:
@@ -297,14 +267,43 @@ def _remote_chat(url: str, key: str | None, app_name: str, session: str | None) 
                             raise from_response(500, item)
                         sys.stdout.write(item.get("delta", ""))
                         sys.stdout.flush()
-            except SystemCallError as exc:
-                err.print(f"\n[red]error:[/red] {exc.message}")
             except httpx.TransportError as exc:
                 err.print(f"\n[red]error:[/red] no server at {url}: {exc}")
                 raise typer.Exit(2) from exc
-            except KeyboardInterrupt:
-                pass  # leaving the stream closes it: the server aborts the reply
-            print()
+
+        # Ctrl-C leaves the stream, which closes it: the server aborts the reply.
+        _app_repl(app_name, sid, reply, lambda: None)
+
+
+def _app_repl(app_name: str, sid: str, reply: Callable[[str, str], None], on_interrupt: Callable[[], None]) -> None:
+    """The chat loop of `llmasos chat APP`, in process or through a server: `reply(session, line)` streams the
+    app's answer; /reset starts a new session, /exit or Ctrl-D quits, Ctrl-C stops a reply (`on_interrupt`)."""
+    import uuid
+
+    from llmasos.system.errors import SystemCallError
+
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("you> " if interactive else "").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            sid = f"cli-{uuid.uuid4().hex[:8]}"
+            err.print("[dim]new session[/dim]")
+            continue
+        sys.stdout.write(f"{app_name}> ")
+        try:
+            reply(sid, line)
+        except SystemCallError as exc:
+            err.print(f"\n[red]error:[/red] {exc.message}")
+        except KeyboardInterrupt:
+            on_interrupt()
+        print()
 
 
 def _raw_chat(model: str | None, dtype: str, threads: int | None, system: str | None, params: SamplingParams,
