@@ -180,3 +180,43 @@ def make_os(tmp_path: Path, embedder, builtin_llm, db_url):
     yield make
     for o in made:
         o.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through Playwright, launched once per module: Playwright's sync API keeps an
+    event loop running in this thread while it is started, and later modules call asyncio.run."""
+    from support import CHROMIUM
+
+    # Fail, never skip: `make test` installs Debian's chromium (apt-get install chromium).
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium); "
+                    "the console tests drive it through Playwright")
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+    finally:
+        pw.stop()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (empty localStorage); fails the test on any JavaScript error."""
+    from support import WAIT_MS
+
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    pg.on("console", lambda m: errors.append(f"console: {m.text}")
+          if m.type == "error" and "Failed to load resource" not in m.text else None)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+    assert not errors, errors

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from support import make_pdf
 
 from llmasos.apps.knowledge_qa import KnowledgeBase, KnowledgeQA
 from llmasos.apps.knowledge_qa.ingest import chunk_text, normalize
@@ -32,28 +33,6 @@ DOCS = [
         "by default: set followlinks to visit directories they point to.",
     },
 ]
-
-
-def make_pdf(text: str) -> bytes:
-    """A one-page PDF with `text` in Helvetica, its cross-reference table computed."""
-    stream = f"BT /F1 12 Tf 10 50 Td ({text}) Tj ET"
-    objs = [
-        "<</Type/Catalog/Pages 2 0 R>>",
-        "<</Type/Pages/Kids[3 0 R]/Count 1>>",
-        "<</Type/Page/Parent 2 0 R/MediaBox[0 0 300 100]/Contents 4 0 R/Resources<</Font<</F1 5 0 R>>>>>>",
-        f"<</Length {len(stream)}>>stream\n{stream}\nendstream",
-        "<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>",
-    ]
-    out, offsets = "%PDF-1.4\n", []
-    for i, o in enumerate(objs, start=1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj{o}endobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n" + "".join(
-        f"{o:010d} 00000 n \n" for o in offsets
-    )
-    out += f"trailer<</Size {len(objs) + 1}/Root 1 0 R>>\nstartxref\n{xref}\n%%EOF\n"
-    return out.encode("latin-1")
 
 
 @pytest.fixture(scope="module")

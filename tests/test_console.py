@@ -5,17 +5,12 @@ tests/.screenshots/)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(os.environ.get("LLMASOS_SCREENSHOTS") or Path(__file__).parent / ".screenshots")
-WAIT_MS = 60_000  # generous: a loaded CI machine decodes the built-in model slowly
+from support import open_page, shot
 
 
 @pytest.fixture(scope="module")
@@ -38,48 +33,8 @@ def api(server):
         yield client
 
 
-@pytest.fixture(scope="module")
-def browser():
-    # Fail, never skip: `make test` installs Debian's chromium (apt-get install chromium).
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium); "
-                    "the console tests drive it through Playwright")
-    from playwright.sync_api import sync_playwright
-
-    pw = sync_playwright().start()
-    try:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        yield b
-        b.close()
-    finally:
-        pw.stop()
-
-
-@pytest.fixture
-def page(browser, server):
-    """A fresh browser context (empty localStorage) on the console; fails the test on any JavaScript error."""
-    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    pg.on("console", lambda m: errors.append(f"console: {m.text}")
-          if m.type == "error" and "Failed to load resource" not in m.text else None)
-    try:
-        yield pg
-    finally:
-        ctx.close()
-    assert not errors, errors
-
-
 def open_view(pg, server, view: str) -> None:
-    pg.goto(f"{server[1].url}/#/{view}")
-    pg.wait_for_selector(f"[data-testid=nav-{view}].active")
-
-
-def shot(pg, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(SHOTS / f"console-{name}.png"))
+    open_page(pg, server[1].url, view)
 
 
 def model_id(api: httpx.Client) -> str:

@@ -48,6 +48,25 @@ class Notes(App):
         return "never"
 
 
+class Counter(App):
+    manifest = Manifest(name="counter", permissions=[])
+
+    @handler
+    async def count(self, ctx, n: int):
+        for i in range(n):
+            yield f"{i} "
+
+    @handler
+    async def rows(self, ctx):
+        yield {"row": 1}
+        yield {"row": 2}
+
+    @handler
+    async def broken(self, ctx):
+        yield "half "
+        raise RuntimeError("the stream broke")
+
+
 class Reader(App):
     manifest = Manifest(name="reader", permissions=["memory.read"])
 
@@ -240,6 +259,34 @@ def test_failing_and_hanging_handlers_do_not_take_the_os_down(make_os):
         os_.run(os_.handle("notes", "nope"))
     with pytest.raises(InvalidRequest):
         os_.run(os_.handle("notes", "save", title="t"))
+
+
+async def streamed(os_, app_name: str, name: str, **args) -> tuple[list, object]:
+    procs: list = []
+    got = [p async for p in os_.stream_handler(app_name, name, args, proc_out=procs)]
+    return got, procs[0]
+
+
+@SQLITE_ONLY
+def test_streamed_handlers(make_os):
+    """An async-generator handler streams its pieces as one handler process; called whole, its text is joined."""
+    os_ = make_os()
+    os_.install(Counter())
+    os_.install(Notes())
+    got, proc = os_.run(streamed(os_, "counter", "count", n=3))
+    assert got == ["0 ", "1 ", "2 "] and proc.kind == "handler" and proc.state.value == "finished"
+    assert os_.run(os_.handle("counter", "count", n=3)) == "0 1 2 "
+    assert os_.run(os_.handle("counter", "rows")) == [{"row": 1}, {"row": 2}]
+    # A plain handler streams its one result.
+    assert os_.run(streamed(os_, "notes", "save", title="t", text="x"))[0] == [{"saved": "t"}]
+    # Unknown names and bad arguments fail before anything runs; a failure mid-stream fails the process.
+    with pytest.raises(NotFound):
+        os_.run(streamed(os_, "counter", "nope"))
+    with pytest.raises(InvalidRequest):
+        os_.run(streamed(os_, "counter", "count", m=1))
+    with pytest.raises(ProcessFailed, match="the stream broke"):
+        os_.run(streamed(os_, "counter", "broken"))
+    assert os_.ps(app="counter", state="failed")[0]["error"].startswith("RuntimeError")
 
 
 def test_keys_map_to_principals(make_os):

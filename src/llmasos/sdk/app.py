@@ -25,9 +25,11 @@ HANDLER_ATTR = "__llmasos_handler__"
 
 
 def handler(fn: Callable) -> Callable:
-    """Mark an async method as a handler callable by name (`OS.run(app, name, **args)`, and an HTTP route)."""
-    if not inspect.iscoroutinefunction(fn):
-        raise TypeError(f"handler {fn.__name__} must be an async function")
+    """Mark an async method as a handler callable by name (`OS.run(app, name, **args)`, and an HTTP route). An
+    async generator is a streamed handler: its pieces go out as they come (`OS.stream_handler`, the route's
+    `/stream` form); called whole, its text pieces are joined."""
+    if not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+        raise TypeError(f"handler {fn.__name__} must be an async function or an async generator")
     setattr(fn, HANDLER_ATTR, True)
     return fn
 

@@ -81,7 +81,7 @@ ERRORS = {"400": "Bad request (malformed JSON, wrong types, unknown fields, valu
           "413": "Prompt longer than the context window, or body too large",
           "429": "The app's quota is exhausted", "503": "Overloaded, or no model"}
 STREAMING = {("post", "/v1/chat/completions"), ("post", "/v1/completions"), ("post", "/v1/apps/{app}/chat"),
-             ("post", "/v1/syscalls/{name}/stream")}
+             ("post", "/v1/syscalls/{name}/stream"), ("post", "/v1/apps/{app}/handlers/{handler}/stream")}
 
 
 def _openapi(app: FastAPI) -> dict:

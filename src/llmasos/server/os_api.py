@@ -80,6 +80,24 @@ def os_router(st: ServerState) -> APIRouter:
         result = await os_.run_handler(app, handler, args, user=who.principal.user, proc_out=procs)
         return {"result": result, "pid": procs[0].pid if procs else None}
 
+    @r.post("/v1/apps/{app}/handlers/{handler}/stream", tags=["Apps"])
+    async def app_handler_stream(app: str, handler: str, args: dict[str, Any] = Body(default_factory=dict),
+                                 who: Caller = Depends(caller)) -> Any:
+        """The handler's pieces as server-sent events: `{"delta": text}` for text, `{"data": value}` for anything
+        else (a plain handler sends its one result), then the process record, then `[DONE]`."""
+        visible_app(who, app)
+        st.admit()
+        procs: list = []
+        pieces = os_.stream_handler(app, handler, args, user=who.principal.user, proc_out=procs)
+
+        def render(piece: Any) -> list[bytes]:
+            return [event({"delta": piece} if isinstance(piece, str) else {"data": piece})]
+
+        def closing() -> Iterable[bytes]:
+            yield event(_reply_record(os_, app, args.get("session_id") or "", procs, None))
+
+        return await sse_response(pieces, render, closing)
+
     @r.get("/v1/apps/{app}/sessions", tags=["Apps"])
     async def app_sessions(app: str, who: Caller = Depends(caller)) -> dict:
         return {"data": await st.call(as_app(who, app), "memory.sessions", {})}

@@ -197,9 +197,8 @@ class OS:
         manifest's `handler_timeout` it is cancelled and its LLM requests aborted. The OS keeps running."""
         return await self.run_handler(app, handler, args, user=user)
 
-    async def run_handler(self, app: str, handler: str, args: dict, *, user: str = "",
-                          proc_out: list | None = None) -> Any:
-        """`handle` with the arguments as a dict; `proc_out` receives the handler's process record."""
+    def _bound(self, app: str, handler: str, args: dict, user: str) -> tuple[App, Any, Any]:
+        """The app, its handler and a context for it, the arguments checked against its signature."""
         a = self.app(app)
         fn = a.handlers().get(handler)
         if fn is None:
@@ -209,6 +208,13 @@ class OS:
             inspect.signature(fn).bind(ctx, **args)
         except TypeError as exc:
             raise InvalidRequest(f"app {app!r} handler {handler!r}: {exc}") from exc
+        return a, fn, ctx
+
+    async def run_handler(self, app: str, handler: str, args: dict, *, user: str = "",
+                          proc_out: list | None = None) -> Any:
+        """`handle` with the arguments as a dict; `proc_out` receives the handler's process record. A streamed
+        handler's pieces are joined (text) or listed."""
+        a, fn, ctx = self._bound(app, handler, args, user)
         procs = self.services.procs
         proc = procs.spawn(app, str(ctx.transport.principal), "handler", session=args.get("session_id"),
                            priority=a.manifest.priority)
@@ -216,7 +222,8 @@ class OS:
             proc_out.append(proc)
         token = current_pid.set(proc.pid)
         try:
-            task = asyncio.ensure_future(fn(ctx, **args))
+            task = asyncio.ensure_future(_collect(fn(ctx, **args)) if inspect.isasyncgenfunction(fn)
+                                         else fn(ctx, **args))
         finally:
             current_pid.reset(token)
         procs.killers[proc.pid] = task.cancel
@@ -248,11 +255,31 @@ class OS:
         procs.finish(proc)
         return result
 
+    async def stream_handler(self, app: str, handler: str, args: dict, *, user: str = "",
+                             proc_out: list | None = None) -> AsyncIterator[Any]:
+        """A handler's pieces as they come, run as a handler process (a plain handler yields its one result).
+        The name and arguments are checked before anything runs."""
+        a, fn, ctx = self._bound(app, handler, args, user)
+
+        async def whole() -> AsyncIterator[Any]:
+            yield await fn(ctx, **args)
+
+        pieces = fn(ctx, **args) if inspect.isasyncgenfunction(fn) else whole()
+        async for piece in self._streamed(a, ctx, handler, args.get("session_id"), pieces, proc_out):
+            yield piece
+
     async def handle_stream(self, app: str, session_id: str, message: str, *, user: str = "",
                             proc_out: list | None = None) -> AsyncIterator[str]:
         """The app's chat reply piece by piece (`App.chat_stream`), run as a handler process like `handle`."""
         a = self.app(app)
         ctx = self.context(app, user)
+        async for piece in self._streamed(a, ctx, "chat", session_id, a.chat_stream(ctx, session_id, message),
+                                          proc_out):
+            yield piece
+
+    async def _streamed(self, a: App, ctx: AppContext, handler: str, session_id: str | None,
+                        pieces: AsyncIterator[Any], proc_out: list | None) -> AsyncIterator[Any]:
+        app = a.manifest.name
         procs = self.services.procs
         proc = procs.spawn(app, str(ctx.transport.principal), "handler", session=session_id,
                            priority=a.manifest.priority)
@@ -262,17 +289,17 @@ class OS:
         token = current_pid.set(proc.pid)
         try:
             async with asyncio.timeout(a.manifest.handler_timeout):
-                async for piece in a.chat_stream(ctx, session_id, message):
+                async for piece in pieces:
                     yield piece
         except TimeoutError as exc:
             procs.finish(proc, ProcState.FAILED, "timed out")
-            raise ProcessFailed(f"app {app!r} chat timed out after {a.manifest.handler_timeout:g}s") from exc
+            raise ProcessFailed(f"app {app!r} {handler} timed out after {a.manifest.handler_timeout:g}s") from exc
         except SystemCallError as exc:
             procs.finish(proc, ProcState.FAILED, exc.message)
             raise
         except Exception as exc:
             procs.finish(proc, ProcState.FAILED, f"{type(exc).__name__}: {exc}")
-            raise ProcessFailed(f"app {app!r} chat failed: {type(exc).__name__}: {exc} (pid {proc.pid})") from exc
+            raise ProcessFailed(f"app {app!r} {handler} failed: {type(exc).__name__}: {exc} (pid {proc.pid})") from exc
         finally:
             with contextlib.suppress(ValueError):  # an abandoned stream may be closed from another context
                 current_pid.reset(token)
@@ -368,3 +395,9 @@ async def _drain(tasks: set[asyncio.Task]) -> None:
     _done, still = await asyncio.wait(pending, timeout=5)
     for t in still:
         t.cancel()
+
+
+async def _collect(pieces: AsyncIterator[Any]) -> Any:
+    """A streamed handler called whole: its text joined, or its pieces listed when they are not all text."""
+    out = [p async for p in pieces]
+    return "".join(out) if all(isinstance(p, str) for p in out) else out

@@ -106,6 +106,20 @@ class CustomerService(App):
         return {"ok": True, "intents": len(d.intents), "faq": len(d.faq), "forms": len(d.forms)}
 
     @handler
+    async def domain_info(self, ctx: Any, lang: str = "en") -> dict:
+        """The domain in brief (the console's support page): intents with an example each, forms with their
+        slots in the order they are asked, the FAQ questions."""
+        if lang not in self.domains:
+            raise ValueError(f"no domain for language {lang!r}; this app has: {', '.join(self.domains)}")
+        d = self.domains[lang]
+        return {"language": lang, "languages": list(self.domains), "name": d.name,
+                "intents": [{"name": k, "label": self._describe(d, k), "example": v.examples[0], "form": v.form,
+                             "handoff": v.handoff} for k, v in d.intents.items()],
+                "forms": {k: [{"name": s.name, "type": s.type, "prompt": s.prompt} for s in f.slots]
+                          for k, f in d.forms.items()},
+                "faq": [{"id": f.id, "question": f.questions[0]} for f in d.faq]}
+
+    @handler
     async def state(self, ctx: Any, session_id: str) -> dict:
         """The stored dialogue state of a session."""
         return await _get(ctx, f"state:{session_id}", {}) or {}

@@ -80,6 +80,13 @@ class KnowledgeQA(App):
         return (await self._kb(ctx, kb).aanswer(question, int(k), bool(generate))).to_dict()
 
     @handler
+    async def answer_stream(self, ctx: Any, question: str, kb: str = DEFAULT_KB, k: int = 3) -> AsyncIterator[Any]:
+        """The answer as it is generated: first `{"hits", "citations", "refused", "mode"}`, then the text in
+        pieces; a last `{"replace": ...}` when the generated text was not grounded (kb.answer_events)."""
+        async for ev in self._kb(ctx, kb).aevents(question, int(k)):
+            yield ev
+
+    @handler
     async def delete(self, ctx: Any, doc_id: str, kb: str = DEFAULT_KB) -> dict:
         return {"kb": kb, "deleted": await self._kb(ctx, kb).adelete(doc_id)}
 

@@ -297,6 +297,12 @@ class KnowledgeBase:
         async for piece in stream_from_hits(self._llm_ctx(), question, hits):
             yield piece
 
+    async def aevents(self, question: str, k: int = 3) -> AsyncIterator[Any]:
+        """The answer as `answer_events`: the evidence, the text as generated, the grounded fallback."""
+        hits = await self.asearch(question, k)
+        async for ev in answer_events(self._llm_ctx(), question, hits, self._embed):
+            yield ev
+
 
 def refuse(hits: list[Hit], threshold: float = REFUSE_BELOW) -> bool:
     return not hits or hits[0].similarity < threshold
@@ -346,8 +352,14 @@ async def answer_from_hits(
 
 
 async def stream_from_hits(
-    ctx: Any, question: str, hits: list[Hit], threshold: float = REFUSE_BELOW, max_tokens: int = 160
+    ctx: Any,
+    question: str,
+    hits: list[Hit],
+    threshold: float = REFUSE_BELOW,
+    max_tokens: int = 160,
+    sources: bool = True,
 ) -> AsyncIterator[str]:
+    """The answer as generated; then, with `sources`, a line naming the passages it was given."""
     if refuse(hits, threshold):
         yield REFUSAL
         return
@@ -355,4 +367,25 @@ async def stream_from_hits(
     async for item in ctx.llm.stream(prompt_messages(question, used), max_tokens=max_tokens, temperature=0.0):
         if item.get("delta"):
             yield item["delta"]
-    yield "\n\nSources: " + ", ".join(f"[{h.doc_id}]" for h in used)
+    if sources:
+        yield "\n\nSources: " + ", ".join(f"[{h.doc_id}]" for h in used)
+
+
+async def answer_events(
+    ctx: Any, question: str, hits: list[Hit], embed: Any, threshold: float = REFUSE_BELOW, max_tokens: int = 160
+) -> AsyncIterator[Any]:
+    """The answer for a streaming client: first `{"hits", "citations", "refused", "mode"}` (the evidence the
+    model is given), then the text in pieces as generated (a refusal in one); when the finished text is not
+    grounded in the passages, a last `{"replace": the extractive answer, "mode": "extractive", "citations"}`,
+    so a weak model's text is never left standing as the answer."""
+    refused = refuse(hits, threshold)
+    used = [] if refused else evidence(hits, threshold)
+    yield {"hits": [h.to_dict() for h in hits], "refused": refused, "citations": [h.doc_id for h in used],
+           "mode": "refused" if refused else "generated"}
+    text = ""
+    async for piece in stream_from_hits(ctx, question, hits, threshold, max_tokens, sources=False):
+        text += piece
+        yield piece
+    if not refused and not grounded(text, used):
+        yield {"replace": await extractive(question, used, embed), "mode": "extractive",
+               "citations": [used[0].doc_id]}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from llmasos.apps.knowledge_qa.ingest import chunk_text, normalize
-from llmasos.apps.knowledge_qa.kb import KnowledgeBase, answer_from_hits, stream_from_hits
+from llmasos.apps.knowledge_qa.kb import KnowledgeBase, answer_events, answer_from_hits, stream_from_hits
 from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, MODES, Hit, ranked_hits
 
 DENSE_TOP = 100  # chunks taken from the archival search per query (its maximum k)
@@ -146,3 +146,8 @@ class StoredKnowledgeBase(KnowledgeBase):
         hits = await self.asearch(question, k)
         async for piece in stream_from_hits(self._ctx, question, hits):
             yield piece
+
+    async def aevents(self, question: str, k: int = 3):
+        hits = await self.asearch(question, k)
+        async for ev in answer_events(self._ctx, question, hits, self._embed):
+            yield ev

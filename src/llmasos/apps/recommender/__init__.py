@@ -15,6 +15,8 @@ import json
 import uuid
 from typing import Any
 
+import numpy as np
+
 from llmasos.apps.recommender.core import SOURCES, Recommender
 from llmasos.sdk import App, Manifest, Quotas, handler
 
@@ -76,6 +78,19 @@ class RecommenderApp(App):
         self._cache = {fit_id: rec}
         return {"items": rec.n_items, "users": len(rec.histories), "weights": rec.weights,
                 "diversity": rec.diversity, "decay": list(rec.decay), "validation": rec.validation}
+
+    @handler
+    async def catalogue(self, ctx: Any, users: int = 20) -> dict:
+        """The catalogue in brief (the console's pickers): its size, categories and price range, and the most
+        active users; `{"fitted": false}` before the first fit."""
+        if FIT_KEY not in await ctx.storage.keys(prefix="recommender/"):
+            return {"fitted": False}
+        rec = await self._model(ctx)
+        prices = rec.prices[np.isfinite(rec.prices)]
+        active = sorted(rec.histories, key=lambda u: -len(rec.histories[u]))[:max(int(users), 0)]
+        return {"fitted": True, "items": rec.n_items, "users": len(rec.histories), "categories": rec.categories,
+                "price_min": float(prices.min()) if len(prices) else None,
+                "price_max": float(prices.max()) if len(prices) else None, "active_users": active}
 
     @handler
     async def load_demo(self, ctx: Any, n_users: int = DEMO["n_users"], n_items: int = DEMO["n_items"],

@@ -17,6 +17,7 @@ training interactions: the last 20% of each user's interactions, by t):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -423,6 +424,7 @@ class Recommender:
         prices = self.prices[h] if h else np.array([])
         prices = prices[np.isfinite(prices)]
         return {"user": str(user), "interactions": len(h), "recent": [self.items[i]["id"] for i in h[-5:]],
+                "recent_names": [self.items[i].get("name", self.items[i]["id"]) for i in h[-5:]],
                 "categories": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
                 "median_price": float(np.median(prices)) if len(prices) else None,
                 "preferences": dict(self.profiles.get(str(user), {}).get("preferences", {}))}
@@ -589,6 +591,7 @@ class Recommender:
         it = self.items[i]
         return {"item": it["id"], "name": it.get("name", it["id"]), "category": it.get("category"),
                 "price": it.get("price"), "sources": top, "because_of": similar,
+                "because_of_names": [self.items[self.item_index[x]].get("name", x) for x in similar],
                 "matches": [w for w in self._query_text(eff).split() if w.lower() in item_text(it).lower()]}
 
     def _template(self, r: dict) -> str:
@@ -602,8 +605,7 @@ class Recommender:
                  "popularity": "it is popular", "query": "it matches what you asked for"}
         parts += [names[s] for s in r["sources"] if s in names]
         if r["because_of"]:
-            liked = ", ".join(self.items[self.item_index[x]].get("name", x) for x in r["because_of"])
-            parts.append(f"it is similar to {liked}")
+            parts.append(f"it is similar to {', '.join(r['because_of_names'])}")
         if r["matches"]:
             parts.append("it mentions " + ", ".join(r["matches"]))
         return f"{r['name']}: " + ("; ".join(parts) if parts else "a good match for you") + "."
@@ -624,7 +626,7 @@ class Recommender:
                         f"Facts: {r['template']} Explain in one sentence why it is recommended."}]
                 res = await ctx.llm.chat(msg, max_tokens=max_tokens, temperature=0.0)
                 text = res["text"].strip()
-            r["explanation"] = text if len(text.split()) >= 3 else r["template"]
+            r["explanation"] = text if _about(text, r["template"]) else r["template"]
             out.append(r)
         return out
 
@@ -633,6 +635,17 @@ class Recommender:
         ids = [item_ids] if isinstance(item_ids, str) else list(item_ids)
         rt = self._runtime()
         return rt.run(self.aexplain(user, ids, ctx=rt.ctx, filters=filters))
+
+
+def _about(sentence: str, facts: str) -> bool:
+    """The model's sentence is kept only when it is a sentence about the facts it was given (it names the
+    product, its category or a reason), so a small model's pleasantry never replaces the computed reasons."""
+    words = set(re.findall(r"[a-z]{4,}", sentence.lower()))
+    return len(sentence.split()) >= 3 and bool(words & set(re.findall(r"[a-z]{4,}", facts.lower())) - _GENERIC)
+
+
+_GENERIC = {"this", "that", "with", "your", "from", "have", "will", "recommended", "recommend", "product", "because",
+            "price", "good", "match"}
 
 
 async def _embed_async(ctx: Any, texts: list[str]) -> list[list[float]]:

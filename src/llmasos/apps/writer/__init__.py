@@ -54,8 +54,9 @@ class WriterApp(App):
     async def continue_text(self, ctx: Any, text: str, max_tokens: int = 200) -> dict:
         return {"continuation": await core.continue_text(ctx, text, max_tokens)}
 
+    @handler
     async def continue_stream(self, ctx: Any, text: str, max_tokens: int = 200) -> AsyncIterator[str]:
-        """The continuation as an async generator of text pieces."""
+        """The continuation as it is generated (the route's `/stream` form); called whole, the joined text."""
         async for piece in core.continue_stream(ctx, text, max_tokens):
             yield piece
 

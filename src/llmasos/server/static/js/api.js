@@ -90,3 +90,12 @@ export async function* stream(path, body, signal) {
     reader.cancel().catch(() => {});
   }
 }
+
+// An app's own route (a `@handler`): POST /v1/apps/{app}/handlers/{name} with JSON arguments; its result.
+export async function callHandler(app, name, args, signal) {
+  return (await api("POST", `v1/apps/${app}/handlers/${name}`, { body: args || {}, signal })).result;
+}
+
+// The same handler streamed: `{delta}` for text pieces, `{data}` for anything else, then the process record.
+export const streamHandler = (app, name, args, signal) => stream(`v1/apps/${app}/handlers/${name}/stream`, args || {},
+  signal);

@@ -1,10 +1,10 @@
 // Chat: talk to an app (POST /v1/apps/{app}/chat, streamed) or to the raw model (/v1/chat/completions with
 // logprobs). Each reply shows its process record; the model's replies can show every token's probability.
-import { marked } from "marked";
-import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import { get, stream } from "./api.js";
+import { newSessionId } from "./appkit.js";
 import { chatModel, useStore } from "./store.js";
-import { fmtAgo, fmtDateTime, fmtMs, html, Icon, procTiming, Toggle, useLocal } from "./ui.js";
+import { fmtAgo, fmtDateTime, fmtMs, html, Icon, Markdown, procTiming, Toggle, useLocal } from "./ui.js";
 
 const MODEL = "model";
 const cache = new Map(); // "target|session" -> messages (replies keep their process records across switches)
@@ -15,7 +15,6 @@ const MODEL_CHATS = "llmasos.modelChats";
 const readJSON = (k, d) => { try { return JSON.parse(localStorage.getItem(k)) ?? d; } catch { return d; } };
 const writeJSON = (k, v) => localStorage.setItem(k, JSON.stringify(v));
 const titleOf = (text) => text.replace(/\s+/g, " ").trim().slice(0, 60);
-const newSessionId = () => `web-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
 
 function saveTitle(target, sid, text) {
   const t = readJSON(TITLES, {});
@@ -31,11 +30,6 @@ function saveModelChat(sid, messages) {
   chats.unshift({ id: sid, title: first ? titleOf(first.content) : sid, last_at: Date.now() / 1000,
     messages: messages.filter((m) => !m.error || m.content).map(({ role, content, stats }) => ({ role, content, stats })) });
   writeJSON(MODEL_CHATS, chats.slice(0, 50));
-}
-
-function Markdown({ text }) {
-  const out = useMemo(() => window.DOMPurify.sanitize(marked.parse(text || "", { gfm: true, breaks: true })), [text]);
-  return html`<div class="md" dangerouslySetInnerHTML=${{ __html: out }} />`;
 }
 
 // -- the process record under an app's reply --------------------------------------------------------------

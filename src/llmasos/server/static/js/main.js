@@ -2,6 +2,10 @@
 import { render } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import { auth } from "./api.js";
+import { KnowledgeView } from "./app-knowledge.js";
+import { RecommendView } from "./app-recommend.js";
+import { SupportView } from "./app-support.js";
+import { WriterView } from "./app-writer.js";
 import { AppsView } from "./apps.js";
 import { AuditView } from "./audit.js";
 import { ChatView } from "./chat.js";
@@ -18,9 +22,26 @@ const VIEWS = [
   { id: "audit", label: "Audit", icon: "audit", view: AuditView },
 ];
 
+// The bundled apps' own pages, listed when the app is installed with its code.
+const APP_VIEWS = [
+  { id: "support", app: "customer_service", label: "Support", icon: "support", view: SupportView },
+  { id: "knowledge", app: "knowledge_qa", label: "Knowledge", icon: "book", view: KnowledgeView },
+  { id: "recommend", app: "recommender", label: "Recommend", icon: "star", view: RecommendView },
+  { id: "writer", app: "writer", label: "Writer", icon: "pen", view: WriterView },
+];
+const ALL_VIEWS = [...VIEWS, ...APP_VIEWS];
+
 function route() {
   const id = location.hash.replace(/^#\/?/, "").split("/")[0];
-  return VIEWS.find((v) => v.id === id) ? id : "chat";
+  return ALL_VIEWS.find((v) => v.id === id) ? id : "chat";
+}
+
+function NavItem({ v, current, count }) {
+  return html`<a href=${`#/${v.id}`} class="nav-item ${current === v.id ? "active" : ""}" data-testid=${`nav-${v.id}`}
+    title=${v.label}>
+    <${Icon} name=${v.icon} /><span>${v.label}</span>
+    ${count ? html`<span class="nav-count">${count}</span>` : null}
+  </a>`;
 }
 
 function KeyDialog({ reason, onClose, onSaved }) {
@@ -60,18 +81,17 @@ function Sidebar({ current, onKey, theme, setTheme, keyNeeded }) {
   const keyed = !!auth.key;
   const mode = keyed ? `key …${auth.key.slice(-4)}` : keyNeeded ? "API key needed" : "local mode";
   const online = !!sys && !s.systemError;
+  const installed = APP_VIEWS.filter((v) => s.apps.some((a) => a.name === v.app && (a.handlers || []).length));
   return html`<nav class="sidebar">
     <a class="brand" href="#/chat">
       <img src="static/favicon.svg" width="26" height="26" alt="" />
       <span>LLMasOS</span>
     </a>
     <div class="nav">
-      ${VIEWS.map((v) => html`<a key=${v.id} href=${`#/${v.id}`} class="nav-item ${current === v.id ? "active" : ""}"
-        data-testid=${`nav-${v.id}`} title=${v.label}>
-        <${Icon} name=${v.icon} /><span>${v.label}</span>
-        ${v.id === "processes" && k && k.running + k.waiting > 0
-          ? html`<span class="nav-count">${k.running + k.waiting}</span>` : null}
-      </a>`)}
+      ${VIEWS.map((v) => html`<${NavItem} key=${v.id} v=${v} current=${current}
+        count=${v.id === "processes" && k ? k.running + k.waiting : 0} />`)}
+      ${installed.length ? html`<div class="nav-group">Bundled apps</div>` : null}
+      ${installed.map((v) => html`<${NavItem} key=${v.id} v=${v} current=${current} />`)}
     </div>
     <div class="sidebar-foot">
       ${k ? html`<div class="mini-kv" title="KV cache in use">
@@ -142,7 +162,7 @@ function Shell() {
     toast(auth.key ? "API key saved" : "API key forgotten");
   };
 
-  const View = VIEWS.find((v) => v.id === current).view;
+  const View = ALL_VIEWS.find((v) => v.id === current).view;
   return html`<div class="shell">
     <${Sidebar} current=${current} onKey=${() => setKeyDialog("")} theme=${theme} setTheme=${setTheme}
       keyNeeded=${keyNeeded} />

@@ -1,7 +1,8 @@
 // Shared pieces: the htm tag, icons, formatting, toasts, small widgets.
 import { h } from "preact";
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import htm from "htm";
+import { marked } from "marked";
 
 export const html = htm.bind(h);
 
@@ -25,6 +26,11 @@ const PATHS = {
   cpu: "M7 7h10v10H7zM10 3v4M14 3v4M10 17v4M14 17v4M3 10h4M3 14h4M17 10h4M17 14h4",
   copy: "M9 9h10v11H9zM5 15V4h10",
   chevron: "M9 6l6 6-6 6",
+  support: "M4 13a8 8 0 0 1 16 0v4h-3v-5h3M4 13v4h3v-5H4M17 17c0 2-2 3-5 3",
+  book: "M4 5a2 2 0 0 1 2-2h13v16H6a2 2 0 0 0-2 2zM4 5v16M8 7h7",
+  star: "M12 3l2.7 5.6 6.1.9-4.4 4.3 1 6.1L12 17l-5.4 2.9 1-6.1-4.4-4.3 6.1-.9z",
+  pen: "M4 20h4L19 9l-4-4L4 16zM13.5 6.5l4 4",
+  upload: "M12 16V4M7 9l5-5 5 5M4 20h16",
 };
 
 export function Icon({ name, size = 18, cls = "" }) {
@@ -175,4 +181,10 @@ export function Toggle({ checked, onChange, label, title, disabled, testid }) {
     <span class="toggle-track"><span class="toggle-thumb"></span></span>
     <span>${label}</span>
   </label>`;
+}
+
+// Markdown from a model or an app, sanitised (a reply is untrusted text).
+export function Markdown({ text, cls = "" }) {
+  const out = useMemo(() => window.DOMPurify.sanitize(marked.parse(text || "", { gfm: true, breaks: true })), [text]);
+  return html`<div class="md ${cls}" dangerouslySetInnerHTML=${{ __html: out }} />`;
 }
