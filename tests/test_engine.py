@@ -297,7 +297,7 @@ def test_bf16_engine_same_tokens_with_and_without_prepacked_weights(llama_dir):
     assert a == b and all(len(t) == 12 for t in a)
 
 
-@pytest.mark.parametrize("weights", ["bf16", "prepacked", "int8", "int4"])
+@pytest.mark.parametrize("weights", ["bf16", "prepacked", "int8", "int4", "q4_0"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])  # qwen2: biased q/k/v; qwen3: q/k norms
 def test_straight_line_decode_equals_the_general_path(family, weights, tmp_path):
     """Decode steps of any batch size take models.fast_decode (one native call per step), whatever the
@@ -318,8 +318,14 @@ def test_straight_line_decode_equals_the_general_path(family, weights, tmp_path)
     # No prefix cache: the second run must compute the same prefill steps the first did, not reuse its blocks.
     llm = make_llm(ckpt, dtype="bfloat16", prepack_weights=weights == "prepacked", max_num_batched_tokens=512,
                    enable_prefix_caching=False)
-    if weights in ("int8", "int4"):
+    if weights in ("int8", "int4", "q4_0"):
         quantize_model(llm.engine.model, bits=8 if weights == "int8" else 4, group_size=64)
+    if weights == "q4_0":  # minimums of -8 x the scales, as GGUF's Q4_0: the kernels fold them (sym8)
+        from llmasos.ops.quant_linear import QuantLinear
+
+        for m in llm.engine.model.modules():
+            if isinstance(m, QuantLinear):
+                m.mins, m.sym8 = (m.scales.float() * -8).to(m.scales.dtype), True
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=3)
     prompts = PROMPTS + [[7, 8, 9, 10], list(range(40, 52))]
 

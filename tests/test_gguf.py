@@ -113,11 +113,12 @@ def test_logits_match_transformers_gguf_loader(gguf_files, arch, qtype):
     if qtype in NATIVE:  # kept in the file's format: 4 linears per layer plus the (tied) head
         assert len(native) == 4 * ours.config.num_layers + 1
         assert all(m.bits == NATIVE[qtype] and m.group_size == 32 for m in native)
+        assert all(m.sym8 == (qtype == "Q4_0") for m in native)  # Q4_0's minimum is folded into the sums
     else:
         assert not native
 
 
-@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0", "Q4_1"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_engine_greedy_tokens_and_bf16_logprobs_match_transformers(gguf_files, arch, qtype):
     from llmasos import LLM, SamplingParams

@@ -303,3 +303,28 @@ def test_int8_activation_kernels_match_their_reference(bits, group, scale_dtype,
     # int8 activations cost at most 1/254 of each block's largest input per term; on these random layers (large
     # random minimums add up the rounding) up to ~1% of the outputs' maximum (measured), 2% asserted.
     assert (out - ref_exact).abs().max() <= 2e-2 * ref_exact.abs().max()
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows,k", [(1, 640), (2, 576), (1, 704)])  # up to kVnniRows (2) rows
+def test_q4_0_layers_fold_their_minimum(rows, k):
+    """int4 whose minimums are -8 x its scales (GGUF's Q4_0) is recognised (`sym8`); its VNNI kernel folds the
+    minimum into the integer sums and never reads the mins, and gives what the general int4 kernel gives."""
+    from llmasos.ops.quant_linear import pack_int4
+
+    g = torch.Generator().manual_seed(k)
+    n = 72
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+    scales = (torch.rand(n, k // 32, generator=g) * 0.02 + 1e-3).to(torch.float16)
+    layer = QuantLinear.from_packed(pack_int4(codes), scales, (scales.float() * -8).to(torch.float16), group_size=32)
+    assert layer.sym8
+    assert not QuantLinear.from_packed(pack_int4(codes), scales, (scales.float() * -7).to(torch.float16),
+                                       group_size=32).sym8
+    x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+    ref = _q8_activations(x) @ dequantize(layer, torch.float64).t()
+    with torch.inference_mode():
+        folded = layer(x).double()
+        layer.sym8 = False
+        general = layer(x).double()
+    assert (folded - ref).abs().max() <= 4e-3 * ref.abs().max()
+    assert (folded - general).abs().max() <= 4e-3 * ref.abs().max()

@@ -22,7 +22,7 @@ from llmasos.ops.quant_linear import MAX_ROWS as QUANT_MAX_ROWS
 from llmasos.ops.quant_linear import QuantLinear
 
 ROW_LIMITS = [MAX_ROWS, QUANT_MAX_ROWS[8], QUANT_MAX_ROWS[4]]  # per kind: ours up to here, then oneDNN
-BF16, INT8, INT4 = 0, 1, 2
+BF16, INT8, INT4, INT4_SYM8 = 0, 1, 2, 3  # INT4_SYM8: mins = -8 x scales (Q4_0)
 
 
 class FastDecode:
@@ -53,7 +53,7 @@ def _linear_slots(lin: torch.nn.Module) -> tuple[list[torch.Tensor | None], list
     if type(lin) is Linear and lin.weight.dtype == torch.bfloat16 and lin.weight.is_cpu:
         return [lin.weight.detach(), None, None, _detach(lin.bias), lin.packed], [BF16, 0]
     if type(lin) is QuantLinear and lin.qweight.is_cpu and (lin.bias is None or lin.bias.dtype == torch.bfloat16):
-        kind = INT8 if lin.bits == 8 else INT4
+        kind = INT8 if lin.bits == 8 else (INT4_SYM8 if lin.sym8 else INT4)
         return [lin.qweight, lin.scales, lin.mins, _detach(lin.bias), lin.packed], [kind, lin.group_size]
     return None
 

@@ -145,6 +145,7 @@ class QuantLinear(nn.Module):
         check_format(in_features, bits, group_size)
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size = bits, (group_size if bits == 4 else in_features)
+        self.sym8 = False  # int4 whose mins are -8 x its scales (GGUF's Q4_0): the kernels skip the mins
         if bits == 8:
             self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
             self.register_buffer("scales", torch.ones(out_features, dtype=torch.float32, device=device))
@@ -188,6 +189,7 @@ class QuantLinear(nn.Module):
         layer.group_size = group
         layer.qweight, layer.scales = qweight, scales
         layer.mins = mins if bits == 4 else None
+        layer.sym8 = bits == 4 and torch.equal(mins.float(), scales.float() * -8)
         layer.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         return layer
 
@@ -268,7 +270,8 @@ def quant_linear(x: torch.Tensor, layer: QuantLinear, native: bool | None = None
             if layer.bits == 8:
                 out = ext.int8_linear(x2, layer.qweight, layer.scales, layer.bias)
             else:
-                out = ext.int4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group_size, layer.bias)
+                out = ext.int4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group_size, layer.bias,
+                                      layer.sym8)
             return out.view(*x.shape[:-1], layer.out_features)
         if layer.packed is not None:
             return onednn_linear(x, layer.packed, layer.bias, layer.out_features)

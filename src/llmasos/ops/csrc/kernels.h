@@ -7,8 +7,9 @@
 
 torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias);
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
+// `sym8`: the mins are -8 x the scales (GGUF's Q4_0); the VNNI kernel then folds them into its integer sums.
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
-                          int64_t group_size, c10::optional<torch::Tensor> bias);
+                          int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false);
 std::vector<torch::Tensor> rms_norm(torch::Tensor x, c10::optional<torch::Tensor> residual, torch::Tensor weight,
                                     double eps);
 torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin);
@@ -46,6 +47,7 @@ struct LinearRow {
   const void* w = nullptr;
   const void* scales = nullptr;
   const void* mins = nullptr;
+  bool sym8 = false;  // int4 whose minimum is -8 x scale (GGUF's Q4_0): the VNNI kernel never reads the mins
   at::ScalarType scale_type = at::kFloat;
   const at::BFloat16* bias_bf16 = nullptr;  // kind 0
   const float* bias_f32 = nullptr;          // kinds 1, 2
@@ -81,7 +83,7 @@ void linear_row_compute(const LinearRow& p, const uint16_t* x, const RowScratch&
                         int64_t n1);
 torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
 torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
-                              int64_t group_size, c10::optional<torch::Tensor> bias);
+                              int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false);
 
 torch::Tensor int8_dequantize(torch::Tensor q, torch::Tensor scale);
 torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tensor mins, int64_t group_size);

@@ -150,15 +150,18 @@ static void vnni_rows(const QuantRow* const* xq, const LinearRow& p, at::BFloat1
         }
       }
       const __m512 s = block_scales(Scales{p.scales, p.scale_type}, n * ng, b0, cnt, p.G);
+      // Q4_0's minimum is -8 x scale: folded into the integer sums (dots - 8 sum(x_q)), its table never read.
+      const bool sym8 = kInt4 && p.sym8;
       __m512 mn = _mm512_setzero_ps();
-      if constexpr (kInt4) mn = block_scales(Scales{p.mins, p.scale_type}, n * ng, b0, cnt, p.G);
+      if (kInt4 && !sym8) mn = block_scales(Scales{p.mins, p.scale_type}, n * ng, b0, cnt, p.G);
       for (int i = 0; i < MC; ++i) {
         const __m512 dx = _mm512_loadu_ps(xq[i]->d.data() + b0);  // zero past the last block
         const __m512i qs = _mm512_loadu_si512(xq[i]->sum.data() + b0);
         __m512i dots = block_sums(part[i], kInt4 ? kInt4Order : kInt8Order);
         if constexpr (!kInt4) dots = _mm512_sub_epi32(dots, _mm512_slli_epi32(qs, 7));  // the +128 of the weights
+        if (sym8) dots = _mm512_sub_epi32(dots, _mm512_slli_epi32(qs, 3));
         acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), s), dx, acc[i]);
-        if constexpr (kInt4) acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qs), mn), dx, acc[i]);
+        if (kInt4 && !sym8) acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qs), mn), dx, acc[i]);
       }
     }
     for (int i = 0; i < MC; ++i) {
@@ -243,12 +246,13 @@ torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor sc
 }
 
 torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
-                              int64_t group_size, c10::optional<torch::Tensor> bias) {
+                              int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kByte && x.dim() == 2 &&
                   x.size(1) == 2 * q.size(1) && x.size(1) % 64 == 0 && scales.scalar_type() == mins.scalar_type(),
               "bf16 x [M, K] and packed int4 q [N, K/2] expected");
   torch::Tensor b;
   const auto mn = mins.contiguous();
-  const LinearRow p = quant_plan(2, q.contiguous(), scales.contiguous(), &mn, group_size, bias, b);
+  LinearRow p = quant_plan(2, q.contiguous(), scales.contiguous(), &mn, group_size, bias, b);
+  p.sym8 = sym8;
   return vnni_linear(x, p);
 }
