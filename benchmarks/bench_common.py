@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from llmasos.eval.hardware import cpu_model  # noqa: F401 - re-exported for the benchmarks
+
 VOCAB_SIZE = 32000
 FIRST_TOKEN_ID = 3  # keep clear of pad (0), bos (1) and eos (2) in the random prompts
 
@@ -202,26 +204,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- environment -------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name, with its family/model numbers (VMs often report only "AMD EPYC": family 25 is
-    Zen 3/4, 26 is Zen 5; Intel's family 6 model numbers name the generation)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "cpu family", "model") and key not in fields:
-                fields[key] = value.strip()
-            if len(fields) == 3:
-                break
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return name
-
-
 def cpu_flags() -> list[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -6,8 +6,10 @@ average under load. They take about a second or two each on a laptop CPU.
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -94,3 +96,23 @@ def probe(device: str = "cpu", threads: int | None = None, bandwidth_gbs: float 
         else:
             hw.tflops[name], hw.source[f"tflops_{name}"] = None, "none"
     return hw
+
+
+def cpu_model() -> str:
+    """The CPU's model name, with its family/model numbers (VMs often report only "AMD EPYC": family 25 is
+    Zen 3/4, 26 is Zen 5; Intel's family 6 model numbers name the generation). Benchmarks print it."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+            if len(fields) == 3:
+                break
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name

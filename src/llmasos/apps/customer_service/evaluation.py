@@ -14,6 +14,7 @@ from typing import Any
 
 from llmasos.apps.customer_service.domain import load_domain
 from llmasos.apps.customer_service.nlu import CentroidBaseline, IntentClassifier, LogisticBaseline
+from llmasos.eval.hardware import cpu_model
 
 DATA = Path(__file__).parent / "data"
 SYSTEMS = {"ours (hybrid kNN+centroid, emb+n-grams)": IntentClassifier,
@@ -64,16 +65,6 @@ def evaluate(lang: str = "en", per_intent: int = 6, limit: int | None = None, ru
             "threshold": clf.threshold, "fit_s": fit_s, "predict_ms": predict_ms,
         }
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main() -> None:

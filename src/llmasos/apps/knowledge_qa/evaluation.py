@@ -22,6 +22,7 @@ import numpy as np
 from llmasos.apps.knowledge_qa.corpus import load_questions, stdlib_documents
 from llmasos.apps.knowledge_qa.kb import REFUSE_BELOW, KnowledgeBase, local_embed
 from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, WEIGHT_GRID
+from llmasos.eval.hardware import cpu_model
 
 MODES = ("bm25", "dense", "rrf", "hybrid")
 DEPTH = 10
@@ -111,17 +112,6 @@ def evaluate(names: list[str] | None = None, limit: int | None = None) -> dict[s
         }
     out["timing"] = {"index_s": round(t_index, 2), "search_ms": round(1000 * t_search, 2)}
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from llmasos.apps.recommender.core import Recommender, ndcg_at
 from llmasos.apps.recommender.synthetic import make_dataset, time_split
+from llmasos.eval.hardware import cpu_model
 
 TARGET = 1.3  # NDCG@10 of ours over the better baseline
 
@@ -85,19 +86,6 @@ def evaluate(n_users: int = 400, n_items: int = 500, seeds: tuple[int, ...] = (0
     out["settings"] = {"n_users": n_users, "n_items": n_items, "seeds": list(seeds), "k": k,
                        "holdout": "last 20% of each user's interactions by t"}
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
