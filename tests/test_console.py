@@ -267,3 +267,11 @@ def test_keyed_mode_asks_for_a_key_and_sends_it(page, server):
         keys.revoke(admin_id)
         keys.revoke(app_id)
         auth.forget()
+
+
+def test_a_bundled_apps_page_says_when_the_app_is_not_there(page, server):
+    """This server runs only the assistant: no bundled-app pages in the sidebar, and their address explains."""
+    page.goto(f"{server[1].url}/#/support")
+    page.get_by_text("customer_service is not available").wait_for()
+    page.get_by_test_id("nav-chat").wait_for()
+    assert page.locator("[data-testid=nav-support], [data-testid=nav-writer]").count() == 0

@@ -14,9 +14,9 @@ export function AppGate({ app, children }) {
   const ok = useInstalled(app);
   if (ok === null) return html`<div class="muted pad">Loading…</div>`;
   if (!ok) {
-    return html`<${Empty} title=${`${app} is not installed on this server`}>Start the server with it
-      (<code>llmasos serve</code> installs every bundled app; <code>LLMASOS_APPS</code> or the config's
-      <code>apps</code> choose).</${Empty}>`;
+    return html`<${Empty} title=${`${app} is not available`}>Either the server does not run it (<code>llmasos
+      serve</code> installs every bundled app; <code>LLMASOS_APPS</code> or the config's <code>apps</code> choose),
+      or this API key belongs to another app (an app's key sees that app only).</${Empty}>`;
   }
   return children;
 }
