@@ -1,5 +1,5 @@
 """The four bundled apps' evaluations, each with its baselines measured in the same run, one table each:
-customer service (intent accuracy, out-of-scope recall), knowledge QA (hit@1, hit@5, MRR), recommendation
+customer service (intent accuracy, out-of-scope recall; English and Chinese), knowledge QA (hit@1, hit@5, MRR), recommendation
 (NDCG@10, Recall@10), writer (correction precision, recall, BLEU).
 
     .venv/bin/python benchmarks/bench_apps.py                 # all four
@@ -20,7 +20,13 @@ from llmasos.apps.knowledge_qa.evaluation import main as knowledge_qa
 from llmasos.apps.recommender.evaluation import main as recommender
 from llmasos.apps.writer.evaluation import main as writer
 
-APPS: dict[str, Callable[[], None]] = {"customer_service": customer_service, "knowledge_qa": knowledge_qa,
+
+def customer_service_both() -> None:
+    customer_service([])
+    customer_service(["--lang", "zh"])
+
+
+APPS: dict[str, Callable[[], None]] = {"customer_service": customer_service_both, "knowledge_qa": knowledge_qa,
                                        "recommender": recommender, "writer": lambda: writer([])}
 
 

@@ -33,6 +33,16 @@ def test_library_api_exact_signature():
     # the threshold came from the examples alone: leave-one-out and leave-one-intent-out scores
     cal = clf.calibration
     assert len(cal["in_scores"]) == sum(map(len, EXAMPLES.values())) and cal["out_scores"]
+    # so did the blend of embeddings and n-grams: the choice whose threshold separates those scores best
+    from llmasos.apps.customer_service.nlu import calibration_value
+
+    assert clf.scorer_args in IntentClassifier.scorer_choices and clf.scorer_args["w_emb"] == clf.scorer.W_EMB
+    chosen = calibration_value(cal, clf.threshold)
+    for args in IntentClassifier.scorer_choices:
+        other = IntentClassifier.fit(EXAMPLES)  # same data, one choice only
+        other.scorer_choices = (args,)
+        other._finish(other.encoder.encode(other.texts))
+        assert calibration_value(other.calibration, other.threshold) <= chosen + 1e-9
     assert clf.predict([]) == []
     with pytest.raises(ValueError, match="at least 2 examples"):
         IntentClassifier.fit({"a": ["x"], "b": ["y", "z"]})
@@ -153,10 +163,11 @@ def test_routes_through_a_real_server(os_factory):
         h.stop()
 
 
-def test_evaluation_smoke():
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_evaluation_smoke(lang):
     from llmasos.apps.customer_service.evaluation import SYSTEMS, evaluate
 
-    res = evaluate(per_intent=3, limit=30)
+    res = evaluate(lang, per_intent=3, limit=30)
     assert res["n_in_scope"] == 30 and res["n_oos"] == 10 and set(res["systems"]) == set(SYSTEMS)
     for m in res["systems"].values():
         for k in ("accuracy", "in_scope_accuracy", "oos_recall", "oos_precision"):

@@ -67,7 +67,7 @@ def evaluate(lang: str = "en", per_intent: int = 6, limit: int | None = None, ru
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from rich.console import Console
@@ -76,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lang", default="en", choices=["en", "zh"])
     ap.add_argument("--per-intent", type=int, default=6)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     res = evaluate(args.lang, args.per_intent)
     table = Table(title=f"customer_service intents ({args.lang}): {res['n_intents']} intents x {res['per_intent']} "
                         f"examples; test {res['n_in_scope']} in-scope + {res['n_oos']} out-of-scope")

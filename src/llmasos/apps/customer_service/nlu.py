@@ -143,17 +143,25 @@ def choose_threshold(in_scores: np.ndarray, in_correct: np.ndarray, out_scores: 
     cands = np.unique(np.concatenate([in_scores, out_scores]))
     cands = np.concatenate([cands - 1e-6, [cands.max() + 1e-6]])
 
-    def value(t: float) -> float:
-        tpr = float(np.mean((in_scores >= t) & in_correct)) if len(in_scores) else 1.0
-        tnr = float(np.mean(out_scores < t)) if len(out_scores) else 1.0
-        return tpr + tnr
-
-    vals = np.array([value(t) for t in cands])
+    vals = np.array([balanced(in_scores, in_correct, out_scores, t) for t in cands])
     best = float(np.median(cands[vals >= vals.max() - 1e-9]))  # the middle of the plateau of best thresholds
     good = in_scores[in_correct]
     if len(good):
         best = min(best, float(np.quantile(good, 1.0 - keep)))
     return best
+
+
+def balanced(in_scores: np.ndarray, in_correct: np.ndarray, out_scores: np.ndarray, t: float) -> float:
+    """In-scope examples accepted and correctly labelled, plus out-of-scope ones rejected, at threshold t."""
+    tpr = float(np.mean((in_scores >= t) & in_correct)) if len(in_scores) else 1.0
+    tnr = float(np.mean(out_scores < t)) if len(out_scores) else 1.0
+    return tpr + tnr
+
+
+def calibration_value(cal: dict, threshold: float) -> float:
+    """`balanced` on the held-out calibration scores of a fit."""
+    return balanced(np.array(cal["in_scores"]), np.array(cal["in_correct"], dtype=bool),
+                    np.array(cal["out_scores"]), threshold)
 
 
 # -- scorers ----------------------------------------------------------------------------------------------------
@@ -215,7 +223,8 @@ class LogisticScorer(_Scorer):
 class HybridScorer(_Scorer):
     """Ours: nearest example and centroid, in embedding and n-gram space, blended."""
 
-    W_EMB, W_NGRAM = 0.75, 0.25
+    def __init__(self, w_emb: float = 0.75) -> None:
+        self.W_EMB, self.W_NGRAM = w_emb, 1.0 - w_emb
 
     def fit(self, feats, y, intents):
         k = len(intents)
@@ -234,12 +243,14 @@ class HybridScorer(_Scorer):
 
 class _Base:
     scorer_cls: type[_Scorer] = HybridScorer
+    scorer_choices: tuple[dict, ...] = ({},)  # scorer arguments to choose from by cross-validation
     uses_ngrams = True
 
     def __init__(self, intents: list[str], texts: list[str], labels: np.ndarray, encoder: Encoder) -> None:
         self.intents, self.texts, self.labels, self.encoder = intents, texts, labels, encoder
         self.threshold = 0.0
         self.ngrams: CharNgrams | None = None
+        self.scorer_args: dict[str, Any] = {}
 
     # features: the embedding rows come from the encoder, n-grams are fitted on the training texts
     def _feats(self, emb: np.ndarray, texts: list[str], ngrams: CharNgrams | None) -> dict[str, np.ndarray]:
@@ -253,7 +264,8 @@ class _Base:
         present = sorted(set(int(v) for v in self.labels[idx]))
         remap = {old: new for new, old in enumerate(present)}
         y = np.array([remap[int(v)] for v in self.labels[idx]])
-        scorer = self.scorer_cls().fit({k: v[idx] for k, v in feats.items()}, y, [self.intents[p] for p in present])
+        scorer = self.scorer_cls(**self.scorer_args).fit({k: v[idx] for k, v in feats.items()}, y,
+                                                         [self.intents[p] for p in present])
         return scorer, present
 
     def _calibrate(self, feats: dict[str, np.ndarray]) -> None:
@@ -281,7 +293,16 @@ class _Base:
         # the n-gram vocabulary and IDF come from the training texts (no labels); every fold shares them
         self.ngrams = CharNgrams().fit(self.texts) if self.uses_ngrams else None
         feats = self._feats(emb, self.texts, self.ngrams)
-        self._calibrate(feats)
+        best = None
+        for args in self.scorer_choices:
+            # Each choice is judged on the training examples alone (the held-out folds of _calibrate), never on
+            # test data: how well its threshold separates in-scope from unseen intents.
+            self.scorer_args = args
+            self._calibrate(feats)
+            score = calibration_value(self.calibration, self.threshold)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, args, self.calibration, self.threshold)
+        _, self.scorer_args, self.calibration, self.threshold = best
         self.scorer, _ = self._fit_on(np.arange(len(self.texts)), feats)
 
     def _predict(self, texts: list[str], emb: np.ndarray) -> list[Prediction]:
@@ -343,9 +364,12 @@ class _Base:
 
 
 class IntentClassifier(_Base):
-    """Ours: the hybrid embedding + n-gram scorer, threshold from leave-one-out / leave-one-intent-out."""
+    """Ours: the hybrid embedding + n-gram scorer, threshold from leave-one-out / leave-one-intent-out. The
+    blend of the two is picked the same way: the default embedder is English-only, so Chinese examples lean on
+    the character n-grams."""
 
     scorer_cls = HybridScorer
+    scorer_choices = ({"w_emb": 0.75}, {"w_emb": 0.5}, {"w_emb": 0.25})
     uses_ngrams = True
 
 
