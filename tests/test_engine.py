@@ -301,7 +301,7 @@ def test_bf16_engine_same_tokens_with_and_without_prepacked_weights(llama_dir):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])  # qwen2: biased q/k/v; qwen3: q/k norms
 def test_straight_line_decode_equals_the_general_path(family, weights, tmp_path):
     """Decode steps of any batch size take models.fast_decode (one native call per step), whatever the
-    weights (bf16, oneDNN-prepacked, int8, int4); its tokens and logprobs are the general layer-by-layer
+    weights (bf16, oneDNN-prepacked, int8, int4, Q4_0-like int4 with its interleaved copy); its tokens and logprobs are the general layer-by-layer
     path's, bit for bit, at batch 1, 3 (our small-batch kernels) and 8 (past them: oneDNN / expanded weights
     for bf16 and int8, still ours for int4)."""
     import torch
@@ -319,13 +319,17 @@ def test_straight_line_decode_equals_the_general_path(family, weights, tmp_path)
     llm = make_llm(ckpt, dtype="bfloat16", prepack_weights=weights == "prepacked", max_num_batched_tokens=512,
                    enable_prefix_caching=False)
     if weights in ("int8", "int4", "q4_0"):
-        quantize_model(llm.engine.model, bits=8 if weights == "int8" else 4, group_size=64)
-    if weights == "q4_0":  # minimums of -8 x the scales, as GGUF's Q4_0: the kernels fold them (sym8)
+        quantize_model(llm.engine.model, bits=8 if weights == "int8" else 4, group_size=32 if weights == "q4_0" else 64)
+    if weights == "q4_0":
+        # As GGUF's Q4_0: groups of 32, minimums of -8 x the scales (folded: sym8), and the 16-row-interleaved
+        # copy the engine makes along with the prepacked one.
         from llmasos.ops.quant_linear import QuantLinear
 
         for m in llm.engine.model.modules():
             if isinstance(m, QuantLinear):
                 m.mins, m.sym8 = (m.scales.float() * -8).to(m.scales.dtype), True
+                m.prepack()
+                assert m.interleaved is not None
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=3)
     prompts = PROMPTS + [[7, 8, 9, 10], list(range(40, 52))]
 

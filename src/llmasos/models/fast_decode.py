@@ -49,12 +49,13 @@ class FastDecode:
 
 
 def _linear_slots(lin: torch.nn.Module) -> tuple[list[torch.Tensor | None], list[int]] | None:
-    """(the 5 tensor slots, [kind, group]) of a linear layer the native step can run, or None."""
+    """(the 6 tensor slots, [kind, group]) of a linear layer the native step can run, or None."""
     if type(lin) is Linear and lin.weight.dtype == torch.bfloat16 and lin.weight.is_cpu:
-        return [lin.weight.detach(), None, None, _detach(lin.bias), lin.packed], [BF16, 0]
+        return [lin.weight.detach(), None, None, _detach(lin.bias), lin.packed, None], [BF16, 0]
     if type(lin) is QuantLinear and lin.qweight.is_cpu and (lin.bias is None or lin.bias.dtype == torch.bfloat16):
         kind = INT8 if lin.bits == 8 else (INT4_SYM8 if lin.sym8 else INT4)
-        return [lin.qweight, lin.scales, lin.mins, _detach(lin.bias), lin.packed], [kind, lin.group_size]
+        return [lin.qweight, lin.scales, lin.mins, _detach(lin.bias), lin.packed, lin.interleaved], \
+            [kind, lin.group_size]
     return None
 
 

@@ -117,6 +117,22 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([blocks & 0xF, blocks >> 4], dim=2).reshape(n, 2 * half)
 
 
+def interleave_int4(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """Packed int4 `[N, K/2]` with scales and mins `[N, K/32]` -> one uint8 tensor for the one-row kernel: the
+    codes 16 rows at a time (per 16-row group and 32-input block, four 64-byte vectors; lane j's 4 bytes in
+    vector t hold row j's inputs 8t+i in their low nibbles and 8t+4+i in their high ones), then the scales and
+    the mins as `[N/16, K/32, 16]`. Each vector lane then accumulates one output row (vnni_kernels.cpp)."""
+    n, k = q.shape[0], 2 * q.shape[1]
+    nb = k // 32
+    c = unpack_int4(q).reshape(n // 16, 16, nb, 4, 2, 4)  # group, row, block, vector t, low/high, i
+    codes = (c[..., 0, :] | (c[..., 1, :] << 4)).permute(0, 2, 3, 1, 4).contiguous()  # group, block, t, row, i
+
+    def by_group(s: torch.Tensor) -> torch.Tensor:
+        return s.reshape(n // 16, 16, nb).permute(0, 2, 1).contiguous().reshape(-1).view(torch.uint8)
+
+    return torch.cat([codes.reshape(-1), by_group(scales), by_group(mins)])
+
+
 def dequantize(layer: QuantLinear, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The layer's effective weight `[N, K]`, in pure torch (any device)."""
     if layer.bits == 8:
@@ -221,15 +237,27 @@ class QuantLinear(nn.Module):
     # (a tied embedding). Without either, each such call expands the weight.
     packed: torch.Tensor | None = None
     dense: torch.Tensor | None = None
+    # `interleaved`: int4 with groups of 32, a copy laid out 16 rows at a time for the one-row kernel (see
+    # interleave_int4), made with `packed` under the same memory policy: the bytes of the int4 weight again.
+    interleaved: torch.Tensor | None = None
+
+    def interleaves(self) -> bool:
+        return self.bits == 4 and self.group_size == 32 and self.out_features % 16 == 0 and self.qweight.is_cpu
 
     def prepack_size(self) -> int:
-        return 2 * self.in_features * self.out_features if self.qweight.is_cpu and can_prepack_dtype() else 0
+        if not (self.qweight.is_cpu and can_prepack_dtype()):
+            return 0
+        extra = self.qweight.numel() + 2 * self.scales.numel() * self.scales.element_size() if self.interleaves() else 0
+        return 2 * self.in_features * self.out_features + extra
 
     def prepack(self) -> int:
-        """Keep a oneDNN-blocked bf16 copy of the weights for batched steps; returns its bytes."""
+        """Keep a oneDNN-blocked bf16 copy of the weights for batched steps (and, for int4 in groups of 32, the
+        interleaved copy for one row); returns their bytes."""
         if not self.prepack_size():
-            self.packed = None
+            self.packed = self.interleaved = None
             return 0
+        if self.interleaves() and quant_kernels() is not None:
+            self.interleaved = interleave_int4(self.qweight, self.scales, self.mins)
         w = self.dense if self.dense is not None and self.dense.dtype == torch.bfloat16 else None
         if w is None:
             ext = quant_kernels()
@@ -271,7 +299,7 @@ def quant_linear(x: torch.Tensor, layer: QuantLinear, native: bool | None = None
                 out = ext.int8_linear(x2, layer.qweight, layer.scales, layer.bias)
             else:
                 out = ext.int4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group_size, layer.bias,
-                                      layer.sym8)
+                                      layer.sym8, layer.interleaved)
             return out.view(*x.shape[:-1], layer.out_features)
         if layer.packed is not None:
             return onednn_linear(x, layer.packed, layer.bias, layer.out_features)

@@ -688,12 +688,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias") = py::none());
   m.def("int4_linear", &int4_linear, "y = x @ (q * scale + min).T + bias (bf16 x, int4 group-wise weight)",
         py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("mins"), py::arg("group_size"),
-        py::arg("bias") = py::none(), py::arg("sym8") = false);
+        py::arg("bias") = py::none(), py::arg("sym8") = false, py::arg("interleaved") = py::none());
   m.def("int8_linear_q8a", &int8_linear_q8a, "int8_linear with x quantized to int8 per 32 inputs (VNNI)",
         py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias") = py::none());
   m.def("int4_linear_q8a", &int4_linear_q8a, "int4_linear with x quantized to int8 per 32 inputs (VNNI)",
         py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("mins"), py::arg("group_size"),
-        py::arg("bias") = py::none(), py::arg("sym8") = false);
+        py::arg("bias") = py::none(), py::arg("sym8") = false, py::arg("interleaved") = py::none());
   m.def("int8_dequantize", &int8_dequantize, "int8 weight -> bf16");
   m.def("set_int8_activations", &set_int8_activations, "int8/int4 layers: quantize inputs to int8 (VNNI) or not");
   m.def("int8_activations", &int8_activations, "whether int8/int4 layers quantize their inputs to int8");

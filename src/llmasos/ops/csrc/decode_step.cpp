@@ -5,7 +5,8 @@
 //
 // Each linear layer is described by a kind and four tensor slots, and runs the kernel Python's
 // `ops.linear` / `ops.quant_linear` would pick for the same number of rows (so both paths give the same bits):
-// Slots: [weight or q, scales, mins, bias, oneDNN-prepacked bf16 weight]; absent ones are None.
+// Slots: [weight or q, scales, mins, bias, oneDNN-prepacked bf16 weight, 16-row-interleaved int4 copy]; absent
+// ones are None.
 //   kind 0, bf16: ours up to row_limits[0] rows, else oneDNN (on the prepacked copy if there is one);
 //   kind 1, int8: ours up to row_limits[1] rows, else oneDNN on the prepacked copy or the expanded weight;
 //   kind 2, int4 (with a group size): the same with row_limits[2];
@@ -20,7 +21,7 @@
 
 namespace {
 
-constexpr size_t kSlots = 5;    // tensor slots per linear
+constexpr size_t kSlots = 6;    // tensor slots per linear
 constexpr size_t kLinears = 4;  // qkv, o, gate|up, down
 constexpr size_t kNorms = 4;    // input, q_norm?, k_norm?, post-attention
 
@@ -44,7 +45,7 @@ torch::Tensor apply_linear(const torch::Tensor& x, const c10::optional<torch::Te
   if (x.size(0) <= limits[kind]) {
     if (kind == 0) return bf16_linear(x, *t[0], bias);
     if (kind == 1) return int8_linear(x, *t[0], *t[1], bias);
-    return int4_linear(x, *t[0], *t[1], *t[2], group, bias, sym8);
+    return int4_linear(x, *t[0], *t[1], *t[2], group, bias, sym8, t[5]);
   }
   if (present(t[4])) return onednn_linear(x, *t[4], bias);
   if (kind == 0) return at::linear(x, *t[0], bias);
@@ -97,7 +98,10 @@ torch::Tensor decode_one(torch::Tensor x, const std::vector<c10::optional<torch:
         p.scales = t[1]->data_ptr();
         p.scale_type = t[1]->scalar_type();
         if (p.kind == 1 && t[1]->dim() == 1) p.G = p.K;  // one scale per row
-        if (p.kind == 2) p.mins = t[2]->data_ptr();
+        if (p.kind == 2) {
+          p.mins = t[2]->data_ptr();
+          set_interleaved(p, t[5]);
+        }
       }
       if (present(t[3])) {
         if (p.kind == 0) {

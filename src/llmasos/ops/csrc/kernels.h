@@ -9,7 +9,8 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch:
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
 // `sym8`: the mins are -8 x the scales (GGUF's Q4_0); the VNNI kernel then folds them into its integer sums.
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
-                          int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false);
+                          int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false,
+                          c10::optional<torch::Tensor> interleaved = c10::nullopt);
 std::vector<torch::Tensor> rms_norm(torch::Tensor x, c10::optional<torch::Tensor> residual, torch::Tensor weight,
                                     double eps);
 torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin);
@@ -48,6 +49,11 @@ struct LinearRow {
   const void* scales = nullptr;
   const void* mins = nullptr;
   bool sym8 = false;  // int4 whose minimum is -8 x scale (GGUF's Q4_0): the VNNI kernel never reads the mins
+  // int4 with groups of 32 may carry a copy interleaved by 16 rows (QuantLinear.interleave; vnni_kernels.cpp):
+  // its codes, then its scales and mins as [N/16, K/32, 16]. The one-row VNNI kernel then reads that instead.
+  const uint8_t* w16 = nullptr;
+  const void* scales16 = nullptr;
+  const void* mins16 = nullptr;
   at::ScalarType scale_type = at::kFloat;
   const at::BFloat16* bias_bf16 = nullptr;  // kind 0
   const float* bias_f32 = nullptr;          // kinds 1, 2
@@ -62,6 +68,8 @@ struct QuantRow {
   std::vector<int32_t> sum;
 };
 void quantize_row_q8(const uint16_t* x, int64_t K, QuantRow& out);
+// Point `p` (an int4 layer with groups of 32) at its 16-row-interleaved copy, if it has one.
+void set_interleaved(LinearRow& p, const c10::optional<torch::Tensor>& interleaved);
 void vnni_linear_rows(const QuantRow* const* xq, int64_t M, const LinearRow& p, at::BFloat16* y, int64_t ystride,
                       int64_t n0, int64_t n1);
 torch::Tensor vnni_linear(torch::Tensor x, const LinearRow& p);
@@ -83,7 +91,8 @@ void linear_row_compute(const LinearRow& p, const uint16_t* x, const RowScratch&
                         int64_t n1);
 torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
 torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
-                              int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false);
+                              int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false,
+                              c10::optional<torch::Tensor> interleaved = c10::nullopt);
 
 torch::Tensor int8_dequantize(torch::Tensor q, torch::Tensor scale);
 torch::Tensor int4_dequantize(torch::Tensor q, torch::Tensor scales, torch::Tensor mins, int64_t group_size);

@@ -269,13 +269,14 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 }
 
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
-                          int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8) {
+                          int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8,
+                          c10::optional<torch::Tensor> interleaved) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kByte, "bf16 x and uint8 packed weight expected");
   TORCH_CHECK(scales.scalar_type() == mins.scalar_type(), "int4: scales and mins must have one dtype");
   const int64_t G = group_size;
   TORCH_CHECK(G >= 32 && (G & (G - 1)) == 0, "group size must be a power of two >= 32");
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == 2 * q.size(1), "shape mismatch");
-  if (g_int8_activations && x.size(0) <= kVnniRows) return int4_linear_q8a(x, q, scales, mins, group_size, bias, sym8);
+  if (g_int8_activations && x.size(0) <= kVnniRows) return int4_linear_q8a(x, q, scales, mins, group_size, bias, sym8, interleaved);
   x = x.contiguous();
   q = q.contiguous();
   scales = scales.contiguous();

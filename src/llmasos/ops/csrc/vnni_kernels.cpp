@@ -172,8 +172,75 @@ static void vnni_rows(const QuantRow* const* xq, const LinearRow& p, at::BFloat1
   }
 }
 
+// int4 with groups of 32, interleaved by 16 rows: each 32-bit lane of a vector belongs to one output row, so a
+// block's dot products come out of eight vpdpbusd as sixteen row sums, scaled as they are, with no transposition
+// and no final horizontal sum (llama.cpp repacks Q4_0 the same way). Layout, per 16-row group g and 32-input
+// block b: 256 bytes, four 64-byte vectors t = 0..3; lane j's 4 bytes in vector t hold row 16g+j's inputs
+// 32b+8t+i (low nibble) and 32b+8t+4+i (high nibble), i = 0..3. Scales and mins follow as [N/16, K/32, 16].
+template <int MC>
+static void vnni_rows_i16(const QuantRow* const* xq, const LinearRow& p, at::BFloat16* y, int64_t ystride,
+                          int64_t n0, int64_t n1) {
+  const int64_t nb = p.K / 32;
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const Scales sc{p.scales16, p.scale_type}, mn{p.mins16, p.scale_type};
+  for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
+    __m512 acc[MC];
+    for (int i = 0; i < MC; ++i) acc[i] = _mm512_setzero_ps();
+    const uint8_t* wg = p.w16 + g * nb * 256;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* wb = wg + b * 256;
+      __m512i lo_sum[MC], hi_sum[MC];
+      for (int i = 0; i < MC; ++i) lo_sum[i] = hi_sum[i] = _mm512_setzero_si512();
+      for (int t = 0; t < 4; ++t) {
+        const __m512i v = _mm512_loadu_si512(wb + 64 * t);
+        const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+        for (int i = 0; i < MC; ++i) {
+          int32_t x4[2];
+          std::memcpy(x4, xq[i]->q.data() + b * 32 + 8 * t, 8);
+          lo_sum[i] = _mm512_dpbusd_epi32(lo_sum[i], lo, _mm512_set1_epi32(x4[0]));
+          hi_sum[i] = _mm512_dpbusd_epi32(hi_sum[i], hi, _mm512_set1_epi32(x4[1]));
+        }
+      }
+      const __m512 s = sc.load16((g * nb + b) * 16, 0xFFFF);
+      const __m512 m = p.sym8 ? _mm512_setzero_ps() : mn.load16((g * nb + b) * 16, 0xFFFF);
+      for (int i = 0; i < MC; ++i) {
+        __m512i d = _mm512_add_epi32(lo_sum[i], hi_sum[i]);
+        const int32_t qs = xq[i]->sum[b];
+        const __m512 dx = _mm512_set1_ps(xq[i]->d[b]);
+        if (p.sym8) d = _mm512_sub_epi32(d, _mm512_set1_epi32(8 * qs));
+        acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), s), dx, acc[i]);
+        if (!p.sym8) acc[i] = _mm512_fmadd_ps(m, _mm512_mul_ps(dx, _mm512_set1_ps(static_cast<float>(qs))), acc[i]);
+      }
+    }
+    for (int i = 0; i < MC; ++i) {
+      __m512 v = acc[i];
+      if (p.bias_f32) v = _mm512_add_ps(v, _mm512_loadu_ps(p.bias_f32 + g * 16));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * ystride + g * 16), (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+void set_interleaved(LinearRow& p, const c10::optional<torch::Tensor>& interleaved) {
+  if (!interleaved.has_value() || !interleaved->defined()) return;
+  const auto& t = *interleaved;
+  const int64_t es = c10::elementSize(p.scale_type), groups = p.N * (p.K / 32);
+  TORCH_CHECK(p.kind == 2 && p.G == 32 && p.N % 16 == 0 && t.scalar_type() == at::kByte && t.is_contiguous() &&
+                  t.numel() == p.N * p.K / 2 + 2 * groups * es,
+              "interleaved int4: a uint8 tensor of codes, scales and mins for groups of 32 and 16-row blocks expected");
+  p.w16 = t.data_ptr<uint8_t>();
+  p.scales16 = p.w16 + p.N * p.K / 2;
+  p.mins16 = static_cast<const uint8_t*>(p.scales16) + groups * es;
+}
+
 void vnni_linear_rows(const QuantRow* const* xq, int64_t M, const LinearRow& p, at::BFloat16* y, int64_t ystride,
                       int64_t n0, int64_t n1) {
+  if (p.kind == 2 && p.w16 && n0 % 16 == 0 && n1 % 16 == 0) {
+    for (int64_t m0 = 0; m0 < M; m0 += 2) {
+      if (M - m0 >= 2) vnni_rows_i16<2>(xq + m0, p, y + m0 * ystride, ystride, n0, n1);
+      else vnni_rows_i16<1>(xq + m0, p, y + m0 * ystride, ystride, n0, n1);
+    }
+    return;
+  }
   for (int64_t m0 = 0; m0 < M; m0 += 4) {
     const int64_t mc = std::min<int64_t>(4, M - m0);
     const QuantRow* const* xm = xq + m0;
@@ -246,7 +313,8 @@ torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor sc
 }
 
 torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
-                              int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8) {
+                              int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8,
+                              c10::optional<torch::Tensor> interleaved) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kByte && x.dim() == 2 &&
                   x.size(1) == 2 * q.size(1) && x.size(1) % 64 == 0 && scales.scalar_type() == mins.scalar_type(),
               "bf16 x [M, K] and packed int4 q [N, K/2] expected");
@@ -254,5 +322,6 @@ torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor sc
   const auto mn = mins.contiguous();
   LinearRow p = quant_plan(2, q.contiguous(), scales.contiguous(), &mn, group_size, bias, b);
   p.sym8 = sym8;
+  set_interleaved(p, interleaved);
   return vnni_linear(x, p);
 }
