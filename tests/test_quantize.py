@@ -361,3 +361,30 @@ def test_interleaved_int4_copy_gives_the_same_outputs(sym8, n, k, rows):
                                           group_size=64)):
         other.prepack()
         assert other.interleaved is None and other.packed is not None
+
+
+@needs_kernel
+def test_interleaved_copies_are_made_when_only_they_fit_in_memory(monkeypatch):
+    """The engine's copies policy: bf16 prepacked copies and the int4 interleaved ones when both fit in a quarter
+    of the free RAM; the (4x smaller) interleaved ones alone when only they fit; none when told not to."""
+    from llmasos.kernel import model_runner
+    from llmasos.ops.quant_linear import pack_int4
+
+    def model() -> torch.nn.Module:
+        g = torch.Generator().manual_seed(1)
+        s = (torch.rand(64, 8, generator=g) * 0.02 + 1e-3).to(torch.float16)
+        q = pack_int4(torch.randint(0, 16, (64, 256), dtype=torch.uint8, generator=g))
+        return torch.nn.Sequential(*[QuantLinear.from_packed(q, s, (s.float() * -8).half(), group_size=32)
+                                     for _ in range(2)])
+
+    layer_bf16, layer_il = 2 * 64 * 256, 64 * 128 + 2 * 64 * 8 * 2
+    m = model()
+    monkeypatch.setattr(model_runner, "available_ram", lambda: 4 * 2 * (layer_bf16 + layer_il))
+    assert model_runner.prepack_weights(m, None) == 2 * (layer_bf16 + layer_il)
+    assert all(x.packed is not None and x.interleaved is not None for x in m)
+    m = model()
+    monkeypatch.setattr(model_runner, "available_ram", lambda: 4 * 2 * layer_il)
+    assert model_runner.prepack_weights(m, None) == 2 * layer_il
+    assert all(x.packed is None and x.interleaved is not None for x in m)
+    m = model()
+    assert model_runner.prepack_weights(m, False) == 0 and all(x.interleaved is None for x in m)

@@ -13,6 +13,7 @@ from llmasos.models.attention import AttentionMetadata, PrefillChunk
 from llmasos.models.config import ModelConfig
 from llmasos.models.decoder import DecoderLM
 from llmasos.ops.cpu_kernels import prepack_linears, prepack_size
+from llmasos.ops.quant_linear import QuantLinear
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -38,6 +39,11 @@ def prepack_weights(model: DecoderLM, setting: bool | None) -> int:
     if setting is None:
         extra = prepack_size(model)
         if extra == 0 or extra > available_ram() // 4:
+            # The bf16 copies do not fit; int4 layers' interleaved copies (the int4 bytes again, for one-row
+            # steps) still may.
+            small = sum(m.interleave_size() for m in model.modules() if isinstance(m, QuantLinear))
+            if 0 < small <= available_ram() // 4:
+                return sum(m.interleave() for m in model.modules() if isinstance(m, QuantLinear))
             return 0
     return prepack_linears(model)
 

@@ -241,14 +241,23 @@ class QuantLinear(nn.Module):
     # interleave_int4), made with `packed` under the same memory policy: the bytes of the int4 weight again.
     interleaved: torch.Tensor | None = None
 
-    def interleaves(self) -> bool:
-        return self.bits == 4 and self.group_size == 32 and self.out_features % 16 == 0 and self.qweight.is_cpu
+    def interleave_size(self) -> int:
+        """Bytes the interleaved copy would take (0 where it does not apply)."""
+        if not (self.bits == 4 and self.group_size == 32 and self.out_features % 16 == 0 and self.qweight.is_cpu
+                and quant_kernels() is not None):
+            return 0
+        return self.qweight.numel() + 2 * self.scales.numel() * self.scales.element_size()
+
+    def interleave(self) -> int:
+        """Keep the 16-row-interleaved copy for one-row steps; returns its bytes (0 where it does not apply)."""
+        size = self.interleave_size()
+        self.interleaved = interleave_int4(self.qweight, self.scales, self.mins) if size else None
+        return size
 
     def prepack_size(self) -> int:
         if not (self.qweight.is_cpu and can_prepack_dtype()):
             return 0
-        extra = self.qweight.numel() + 2 * self.scales.numel() * self.scales.element_size() if self.interleaves() else 0
-        return 2 * self.in_features * self.out_features + extra
+        return 2 * self.in_features * self.out_features + self.interleave_size()
 
     def prepack(self) -> int:
         """Keep a oneDNN-blocked bf16 copy of the weights for batched steps (and, for int4 in groups of 32, the
@@ -256,8 +265,7 @@ class QuantLinear(nn.Module):
         if not self.prepack_size():
             self.packed = self.interleaved = None
             return 0
-        if self.interleaves() and quant_kernels() is not None:
-            self.interleaved = interleave_int4(self.qweight, self.scales, self.mins)
+        self.interleave()
         w = self.dense if self.dense is not None and self.dense.dtype == torch.bfloat16 else None
         if w is None:
             ext = quant_kernels()
