@@ -160,7 +160,7 @@ function Support() {
           <${Slots} state=${state} domain=${domain} />
           <dl class="kv-grid cs-meta">
             <dt>language</dt><dd>${(state && state.lang) || "–"}</dd>
-            <dt>failed turns</dt><dd data-testid="failures">${failures} / ${MAX_FAILURES}
+            <dt>failed turns</dt><dd data-testid="failures">${failures} / ${MAX_FAILURES}${" "}
               <span class="muted tiny">(then a human takes over)</span></dd>
             ${state && state.clarify ? html`<dt>clarifying</dt><dd>${state.clarify.join(" or ")}</dd>` : null}
           </dl>

@@ -70,7 +70,7 @@ function Correction({ text, result, onApply, onLearn }) {
   parts.push(text.slice(pos));
   return html`<div>
     <div class="wr-diff wrap" data-testid="wr-diff">${parts}</div>
-    <table class="table wr-edits"><thead><tr><th>keep</th><th>original</th><th>replacement</th><th>kind</th>
+    <div class="wr-edits"><table class="table"><thead><tr><th>keep</th><th>original</th><th>replacement</th><th>kind</th>
       <th>chars</th><th></th></tr></thead>
       <tbody>${result.edits.map((e, i) => html`<tr key=${i} data-testid="wr-edit-row">
         <td><input type="checkbox" checked=${kept[i]} data-testid="wr-keep"
@@ -78,8 +78,8 @@ function Correction({ text, result, onApply, onLearn }) {
         <td class="mono">${e.original}</td><td class="mono">${e.replacement}</td><td class="muted">${e.kind}</td>
         <td class="muted">${e.start}–${e.end}</td>
         <td><button class="btn btn-ghost btn-sm" title="Never correct this word again" onClick=${() => onLearn(e.original)}
-          data-testid="wr-learn">add to dictionary</button></td>
-      </tr>`)}</tbody></table>
+          data-testid="wr-learn">+ dictionary</button></td>
+      </tr>`)}</tbody></table></div>
     <div class="wr-actions"><span class="muted small">${edits.length} of ${result.edits.length} edits kept</span>
       <span class="grow"></span>
       <button class="btn btn-primary btn-sm" onClick=${() => onApply(applyEdits(text, edits))} data-testid="wr-apply">
