@@ -244,13 +244,27 @@ class KnowledgeBase:
         embeddings, z-score fusion), "rrf" (the same, reciprocal rank fusion), "bm25" or "dense"."""
         return self._sync(self.asearch(query, k, mode))
 
-    async def asearch(
-        self, query: str, k: int = 5, mode: str = "hybrid", weight: float = BM25_WEIGHT
-    ) -> list[Hit]:
+    @staticmethod
+    def _check_query(query: str, mode: str) -> None:
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
+
+    def _bm25_scores(self, query: str, mode: str) -> dict[int, float]:
+        """Chunk -> BM25 score (positive ones; none in "dense" mode); the index is rebuilt when chunks changed."""
+        if mode == "dense":
+            return {}
+        with self._lock:
+            if self._dirty:
+                self._bm25.build(self._texts)
+                self._dirty = False
+            return {i: float(s) for i, s in enumerate(self._bm25.scores(query)) if s > 0}
+
+    async def asearch(
+        self, query: str, k: int = 5, mode: str = "hybrid", weight: float = BM25_WEIGHT
+    ) -> list[Hit]:
+        self._check_query(query, mode)
         if not self._keys:
             return []
         qvec = (await self._embed([query]))[0] if mode != "bm25" else None
@@ -266,13 +280,9 @@ class KnowledgeBase:
     ) -> list[Hit]:
         """Search with a query embedding already computed (the evaluation embeds its questions at once)."""
         with self._lock:
-            if self._dirty:
-                self._bm25.build(self._texts)
-                self._dirty = False
-            bm = self._bm25.scores(query) if mode != "dense" else np.zeros(len(self._keys), np.float32)
-            bm25 = {i: float(s) for i, s in enumerate(bm) if s > 0}
             dense = {} if qvec is None else {i: float(s) for i, s in enumerate(self._vecs @ qvec)}
-            return ranked_hits(self._keys, self._texts, self._docs, bm25, dense, mode, weight, k)
+            return ranked_hits(self._keys, self._texts, self._docs, self._bm25_scores(query, mode), dense, mode,
+                               weight, k)
 
     # -- answers
     # ------------------------------------------------------------------------------------------------------

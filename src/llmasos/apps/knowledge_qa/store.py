@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from llmasos.apps.knowledge_qa.ingest import chunk_text, normalize
-from llmasos.apps.knowledge_qa.kb import KnowledgeBase, answer_events, answer_from_hits, stream_from_hits
-from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, MODES, Hit, ranked_hits
+from llmasos.apps.knowledge_qa.kb import KnowledgeBase
+from llmasos.apps.knowledge_qa.retrieval import BM25_WEIGHT, Hit, ranked_hits
 
 DENSE_TOP = 100  # chunks taken from the archival search per query (its maximum k)
 MAX_DOCS = 1000  # documents per knowledge base (one storage listing)
@@ -113,10 +113,7 @@ class StoredKnowledgeBase(KnowledgeBase):
     async def asearch(
         self, query: str, k: int = 5, mode: str = "hybrid", weight: float = BM25_WEIGHT
     ) -> list[Hit]:
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be a non-empty string")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        self._check_query(query, mode)
         await self._refresh()
         if not self._keys:
             return []
@@ -128,26 +125,5 @@ class StoredKnowledgeBase(KnowledgeBase):
                 if i is not None:
                     dense[i] = float(h["score"])
         with self._lock:
-            if self._dirty:
-                self._bm25.build(self._texts)
-                self._dirty = False
-            bm25 = (
-                {}
-                if mode == "dense"
-                else {i: float(s) for i, s in enumerate(self._bm25.scores(query)) if s > 0}
-            )
-            return ranked_hits(self._keys, self._texts, self._docs, bm25, dense, mode, weight, k)
-
-    async def aanswer(self, question: str, k: int = 3, generate: bool = True) -> Any:
-        hits = await self.asearch(question, k)
-        return await answer_from_hits(self._ctx, question, hits, self._embed, generate)
-
-    async def astream(self, question: str, k: int = 3):
-        hits = await self.asearch(question, k)
-        async for piece in stream_from_hits(self._ctx, question, hits):
-            yield piece
-
-    async def aevents(self, question: str, k: int = 3):
-        hits = await self.asearch(question, k)
-        async for ev in answer_events(self._ctx, question, hits, self._embed):
-            yield ev
+            return ranked_hits(self._keys, self._texts, self._docs, self._bm25_scores(query, mode), dense, mode,
+                               weight, k)
