@@ -161,6 +161,23 @@ def builtin_llm():
     llm.shutdown()
 
 
+@pytest.fixture(scope="module")
+def standalone(embedder, builtin_llm):
+    """`standalone(app)`: the app's library runtime (`llmasos.sdk.Standalone`, a private in-process OS) on the
+    session's embedder and built-in model; closed at the end of the module."""
+    from llmasos.sdk import Standalone
+
+    made = []
+
+    def make(app):  # noqa: ANN001, ANN202 - an App in, a Standalone out
+        made.append(Standalone(app, embedder=embedder, llm=builtin_llm))
+        return made[-1]
+
+    yield make
+    for rt in made:
+        rt.close()
+
+
 @pytest.fixture
 def make_os(tmp_path: Path, embedder, builtin_llm, db_url):
     """Factory for OS instances on the built-in model, on SQLite and on PostgreSQL (parametrised via db_url)."""

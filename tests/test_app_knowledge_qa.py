@@ -36,12 +36,8 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def runtime(embedder, builtin_llm):
-    from llmasos.sdk import Standalone
-
-    rt = Standalone(KnowledgeQA(), embedder=embedder, llm=builtin_llm)
-    yield rt
-    rt.close()
+def runtime(standalone):
+    return standalone(KnowledgeQA())
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,8 @@ SMALL = {"n_users": 120, "n_items": 150, "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def runtime(embedder, builtin_llm):
-    from llmasos.sdk import Standalone
-
-    rt = Standalone(RecommenderApp(), embedder=embedder, llm=builtin_llm)
-    yield rt
-    rt.close()
+def runtime(standalone):
+    return standalone(RecommenderApp())
 
 
 @pytest.fixture(scope="module")

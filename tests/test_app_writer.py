@@ -10,13 +10,9 @@ from llmasos.apps.writer.spelling import apply_edits
 
 
 @pytest.fixture(scope="module")
-def writer(embedder, builtin_llm):
+def writer(standalone):
     """The library on a private OS that shares the session's built-in model (one engine, one warm-up)."""
-    from llmasos.sdk import Standalone
-
-    rt = Standalone(WriterApp(), embedder=embedder, llm=builtin_llm)
-    yield Writer(runtime=rt)
-    rt.close()
+    return Writer(runtime=standalone(WriterApp()))
 
 
 def test_correct_returns_minimal_edits_with_offsets(writer):
