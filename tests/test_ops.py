@@ -150,6 +150,27 @@ def test_native_rope_is_bit_identical_to_torch_reference(d):
 
 
 @needs_kernel
+@pytest.mark.parametrize("t,hkv,d", [(1, 2, 32), (64, 8, 64), (1000, 3, 96)])
+def test_native_kv_write_equals_index_copy_and_checks_slots(t, hkv, d):
+    from llmasos.models.attention import write_kv
+
+    torch.manual_seed(t)
+    k_cache = torch.zeros(80, 16, hkv, d, dtype=torch.bfloat16)
+    v_cache = torch.zeros_like(k_cache)
+    fused = torch.randn(t, (2 + 2 * hkv) * d).to(torch.bfloat16)  # q|k|v rows: k and v are strided views
+    k = fused[:, 2 * d: (2 + hkv) * d].unflatten(-1, (hkv, d))
+    v = fused[:, (2 + hkv) * d:].unflatten(-1, (hkv, d))
+    slots = torch.randperm(80 * 16)[:t]
+    write_kv(k_cache, v_cache, k, v, slots)
+    ref_k, ref_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    ref_k.view(-1, hkv, d).index_copy_(0, slots, k)
+    ref_v.view(-1, hkv, d).index_copy_(0, slots, v)
+    assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
+    with pytest.raises(RuntimeError, match="slot out of range"):
+        native_kernels().write_kv(k_cache, v_cache, k, v, torch.full((t,), 80 * 16))
+
+
+@needs_kernel
 @pytest.mark.parametrize("n,L,hq,hkv,d", [(128, 128, 16, 8, 64), (37, 100, 4, 2, 32), (5, 5, 2, 1, 128),
                                           (1, 17, 4, 4, 64), (300, 300, 6, 2, 96),
                                           # several 256-key tiles: chunks after a long cached context

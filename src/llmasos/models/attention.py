@@ -37,6 +37,12 @@ class AttentionMetadata:
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
     heads, dim = k_cache.shape[-2:]
+    if k_cache.dtype == torch.bfloat16 and k_cache.device.type == "cpu" and k.dtype == v.dtype == torch.bfloat16 \
+            and k.stride(-1) == v.stride(-1) == 1 and k.stride(-2) == v.stride(-2) == dim:
+        ext = native_kernels()
+        if ext is not None:
+            ext.write_kv(k_cache, v_cache, k, v, slots)
+            return
     k_cache.view(-1, heads, dim).index_copy_(0, slots, k)
     v_cache.view(-1, heads, dim).index_copy_(0, slots, v)
 

@@ -18,18 +18,17 @@ import torch
 from llmasos.models.attention import AttentionMetadata
 from llmasos.ops import Linear, native_kernels
 from llmasos.ops.cpu_kernels import MAX_ROWS
-from llmasos.ops.quant_linear import MAX_ROWS as QUANT_MAX_ROWS
 from llmasos.ops.quant_linear import QuantLinear
 
-ROW_LIMITS = [MAX_ROWS, QUANT_MAX_ROWS[8], QUANT_MAX_ROWS[4]]  # per kind: ours up to here, then oneDNN
 BF16, INT8, INT4, INT4_SYM8 = 0, 1, 2, 3  # INT4_SYM8: mins = -8 x scales (Q4_0)
 
 
 class FastDecode:
     def __init__(self, norms: list[torch.Tensor | None], linears: list[torch.Tensor | None], kinds: list[int],
-                 eps: list[float], heads: int, kv_heads: int, head_dim: int, scale: float,
+                 row_limits: list[int], eps: list[float], heads: int, kv_heads: int, head_dim: int, scale: float,
                  final_norm: torch.Tensor, final_eps: float) -> None:
         self.norms, self.linears, self.kinds, self.eps = norms, linears, kinds, eps  # see decode_step.cpp
+        self.row_limits = row_limits  # per linear: our kernels up to this many rows, then oneDNN
         self.heads, self.kv_heads, self.head_dim, self.scale = heads, kv_heads, head_dim, scale
         self.final_norm, self.final_eps = final_norm, final_eps
         self.ext = native_kernels()
@@ -42,20 +41,21 @@ class FastDecode:
                  kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         cos, sin = rope
         return self.ext.decode_layers(
-            x, self.norms, self.linears, self.kinds, ROW_LIMITS, self.eps, [k for k, _ in kv_caches],
+            x, self.norms, self.linears, self.kinds, self.row_limits, self.eps, [k for k, _ in kv_caches],
             [v for _, v in kv_caches], meta.slot_mapping, cos, sin, meta.decode_block_tables,
             meta.decode_context_lens, self.heads, self.kv_heads, self.head_dim, self.scale, self.final_norm,
             self.final_eps)
 
 
-def _linear_slots(lin: torch.nn.Module) -> tuple[list[torch.Tensor | None], list[int]] | None:
-    """(the 6 tensor slots, [kind, group]) of a linear layer the native step can run, or None."""
+def _linear_slots(lin: torch.nn.Module) -> tuple[list[torch.Tensor | None], list[int], int] | None:
+    """(the 6 tensor slots, [kind, group], the row limit of our kernels) of a linear layer the native step can
+    run, or None. The limit is the one `ops.linear` / `ops.quant_linear` apply, so both paths pick alike."""
     if type(lin) is Linear and lin.weight.dtype == torch.bfloat16 and lin.weight.is_cpu:
-        return [lin.weight.detach(), None, None, _detach(lin.bias), lin.packed, None], [BF16, 0]
+        return [lin.weight.detach(), None, None, _detach(lin.bias), lin.packed, None], [BF16, 0], MAX_ROWS
     if type(lin) is QuantLinear and lin.qweight.is_cpu and (lin.bias is None or lin.bias.dtype == torch.bfloat16):
         kind = INT8 if lin.bits == 8 else (INT4_SYM8 if lin.sym8 else INT4)
         return [lin.qweight, lin.scales, lin.mins, _detach(lin.bias), lin.packed, lin.interleaved], \
-            [kind, lin.group_size]
+            [kind, lin.group_size], lin.native_rows()
     return None
 
 
@@ -74,6 +74,7 @@ def build(model: torch.nn.Module) -> FastDecode | None:
     norms: list[torch.Tensor | None] = []
     linears: list[torch.Tensor | None] = []
     kinds: list[int] = []
+    row_limits: list[int] = []
     eps: list[float] = []
     for block in model.layers:
         attn, mlp = block.attn, block.mlp
@@ -89,13 +90,14 @@ def build(model: torch.nn.Module) -> FastDecode | None:
                 return None
             linears += slots[0]
             kinds += slots[1]
+            row_limits.append(slots[2])
         qk = (attn.q_norm.weight.detach(), attn.k_norm.weight.detach()) if attn.q_norm is not None else (None, None)
         norms += [block.input_norm.weight.detach(), *qk, block.post_attn_norm.weight.detach()]
         eps += [block.input_norm.eps, block.post_attn_norm.eps, attn.q_norm.eps if attn.q_norm is not None else 0.0]
     a = model.layers[0].attn
     if not bf16(model.norm):
         return None
-    return FastDecode(norms, linears, kinds, eps, a.num_heads, a.num_kv_heads, a.head_dim, a.scale,
+    return FastDecode(norms, linears, kinds, row_limits, eps, a.num_heads, a.num_kv_heads, a.head_dim, a.scale,
                       model.norm.weight.detach(), model.norm.eps)
 
 

@@ -8,15 +8,16 @@ Two formats (see `csrc/quant_kernels.cpp` for the memory layout):
   `w = q * scale[n, g] + min[n, g]`, q in 0..15, two values per byte. `quantize_model` stores them in bf16;
   GGUF's Q4_0 / Q4_1 in fp16 and Q4_K in fp32, so that every weight is exactly the file's.
 
-On CPUs with AVX512-BF16 (and VNNI), bf16 inputs of up to `MAX_ROWS` rows (8: decode steps of a few streams)
-go to our kernels, which never expand the weight: one or two rows are quantized to int8 per 32 inputs and
-multiplied with the stored bytes by VNNI dot products (`csrc/vnni_kernels.cpp`; LLMASOS_INT8_ACTIVATIONS=0
-keeps them bf16), 3-8 rows turn each weight chunk into exact bf16 vectors in registers. A step reads 1/2 or
-~1/4 of the bf16 bytes. Larger inputs (batched decode, prefill) use oneDNN's bf16 matmul, which wins there, on a
-prepacked bf16 copy where the engine made one (`QuantLinear.prepack`), else on the weight expanded once per call
-by a vectorised kernel. Everything else (other dtypes, CUDA, autograd, LLMASOS_NATIVE_KERNELS=0, a failed build)
-takes the pure-torch path: dequantize, then `F.linear`. Both paths compute the same function (up to the int8
-rounding of one- and two-row inputs).
+On CPUs with AVX512-BF16 (and VNNI), bf16 inputs of a few rows (decode steps of a few streams; the limit per
+layer is `QuantLinear.native_rows`) go to our kernels, which never expand the weight: one or two rows (int4
+with its interleaved copy: up to 16) are quantized to int8 per 32 inputs and multiplied with the stored bytes
+by VNNI dot products (`csrc/vnni_kernels.cpp`; LLMASOS_INT8_ACTIVATIONS=0 keeps them bf16); other small inputs
+turn each weight chunk into exact bf16 vectors in registers. A step reads 1/2 or ~1/4 of the bf16 bytes. Larger
+inputs (batched decode, prefill) use oneDNN's bf16 matmul, which wins there, on a prepacked bf16 copy where the
+engine made one (`QuantLinear.prepack`), else on the weight expanded once per call by a vectorised kernel.
+Everything else (other dtypes, CUDA, autograd, LLMASOS_NATIVE_KERNELS=0, a failed build) takes the pure-torch
+path: dequantize, then `F.linear`. Both paths compute the same function (up to the int8 rounding of the inputs
+on the VNNI route).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ GROUP_SIZES = (32, 64, 128)
 # Up to this many rows our kernels beat oneDNN on the expanded weight (measured on SmolLM2's and the bench
 # model's shapes: at 16 rows expanding + oneDNN was 1.6-2.4x faster than the int4 kernel).
 MAX_ROWS = {8: 8, 4: 8}
+# int4 with the interleaved copy: its VNNI kernel beats oneDNN's bf16 matmul up to 32 rows and more (24 layers of
+# the bench model's shapes: 2.4 against 4.1 ms at 8 rows, where the bf16 kernel took 6.1; 7.5 against 8.1 at
+# 32; SmolLM2's 120 int4 layers: 4.0 against 8.7 ms at 8 rows, 11.7 against 14.3 at 32).
+INTERLEAVED_MAX_ROWS = 32
+# int8 with a prepacked bf16 copy: oneDNN wins from ~5 rows (4.6 against 6.8 ms for the bf16 kernel at 8).
+INT8_PACKED_MAX_ROWS = 4
 INT4_BLOCK = 64  # inputs per packed int4 block: in_features must be a multiple of it
 
 
@@ -118,12 +125,16 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def interleave_int4(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    """Packed int4 `[N, K/2]` with scales and mins `[N, K/32]` -> one uint8 tensor for the one-row kernel: the
+    """Packed int4 `[N, K/2]` with scales and mins `[N, K/G]` -> one uint8 tensor for the VNNI kernel: the
     codes 16 rows at a time (per 16-row group and 32-input block, four 64-byte vectors; lane j's 4 bytes in
     vector t hold row j's inputs 8t+i in their low nibbles and 8t+4+i in their high ones), then the scales and
-    the mins as `[N/16, K/32, 16]`. Each vector lane then accumulates one output row (vnni_kernels.cpp)."""
+    the mins repeated per 32 inputs, as `[N/16, K/32, 16]`. Each vector lane then accumulates one output row
+    (vnni_kernels.cpp)."""
     n, k = q.shape[0], 2 * q.shape[1]
     nb = k // 32
+    if scales.shape[1] != nb:  # groups of 64 or 128: the kernel reads one scale and min per 32 inputs
+        scales = scales.repeat_interleave(nb // scales.shape[1], dim=1)
+        mins = mins.repeat_interleave(nb // mins.shape[1], dim=1)
     c = unpack_int4(q).reshape(n // 16, 16, nb, 4, 2, 4)  # group, row, block, vector t, low/high, i
     codes = (c[..., 0, :] | (c[..., 1, :] << 4)).permute(0, 2, 3, 1, 4).contiguous()  # group, block, t, row, i
 
@@ -237,19 +248,27 @@ class QuantLinear(nn.Module):
     # (a tied embedding). Without either, each such call expands the weight.
     packed: torch.Tensor | None = None
     dense: torch.Tensor | None = None
-    # `interleaved`: int4 with groups of 32, a copy laid out 16 rows at a time for the one-row kernel (see
-    # interleave_int4), made with `packed` under the same memory policy: the bytes of the int4 weight again.
+    # `interleaved`: int4, a copy laid out 16 rows at a time for the VNNI kernel of 1-16 rows (see
+    # interleave_int4), made with `packed` under the same memory policy: about the bytes of the int4 weight again.
     interleaved: torch.Tensor | None = None
 
     def interleave_size(self) -> int:
         """Bytes the interleaved copy would take (0 where it does not apply)."""
-        if not (self.bits == 4 and self.group_size == 32 and self.out_features % 16 == 0 and self.qweight.is_cpu
+        if not (self.bits == 4 and self.group_size % 32 == 0 and self.out_features % 16 == 0 and self.qweight.is_cpu
                 and quant_kernels() is not None):
             return 0
-        return self.qweight.numel() + 2 * self.scales.numel() * self.scales.element_size()
+        return self.qweight.numel() + 2 * (self.qweight.numel() // 16) * self.scales.element_size()
+
+    def native_rows(self) -> int:
+        """Inputs of up to this many rows run our kernels; more go to oneDNN (see MAX_ROWS and below)."""
+        if self.bits == 4 and self.interleaved is not None:
+            return INTERLEAVED_MAX_ROWS
+        if self.bits == 8 and self.packed is not None:
+            return INT8_PACKED_MAX_ROWS
+        return MAX_ROWS[self.bits]
 
     def interleave(self) -> int:
-        """Keep the 16-row-interleaved copy for one-row steps; returns its bytes (0 where it does not apply)."""
+        """Keep the 16-row-interleaved copy for steps of 1-16 rows; returns its bytes (0 where it does not apply)."""
         size = self.interleave_size()
         self.interleaved = interleave_int4(self.qweight, self.scales, self.mins) if size else None
         return size
@@ -260,8 +279,8 @@ class QuantLinear(nn.Module):
         return 2 * self.in_features * self.out_features + self.interleave_size()
 
     def prepack(self) -> int:
-        """Keep a oneDNN-blocked bf16 copy of the weights for batched steps (and, for int4 in groups of 32, the
-        interleaved copy for one row); returns their bytes."""
+        """Keep a oneDNN-blocked bf16 copy of the weights for batched steps (and, for int4, the interleaved copy
+        for steps of up to 16 rows); returns their bytes."""
         if not self.prepack_size():
             self.packed = self.interleaved = None
             return 0
@@ -302,7 +321,7 @@ def quant_linear(x: torch.Tensor, layer: QuantLinear, native: bool | None = None
         and not torch.is_grad_enabled()
     ):
         x2 = x.reshape(-1, x.shape[-1])
-        if x2.shape[0] <= MAX_ROWS[layer.bits]:
+        if x2.shape[0] <= layer.native_rows():
             if layer.bits == 8:
                 out = ext.int8_linear(x2, layer.qweight, layer.scales, layer.bias)
             else:

@@ -7,9 +7,9 @@
 // `ops.linear` / `ops.quant_linear` would pick for the same number of rows (so both paths give the same bits):
 // Slots: [weight or q, scales, mins, bias, oneDNN-prepacked bf16 weight, 16-row-interleaved int4 copy]; absent
 // ones are None.
-//   kind 0, bf16: ours up to row_limits[0] rows, else oneDNN (on the prepacked copy if there is one);
-//   kind 1, int8: ours up to row_limits[1] rows, else oneDNN on the prepacked copy or the expanded weight;
-//   kind 2, int4 (with a group size): the same with row_limits[2];
+//   kind 0, bf16: ours up to the layer's row limit, else oneDNN (on the prepacked copy if there is one);
+//   kind 1, int8: ours up to its row limit, else oneDNN on the prepacked copy or the expanded weight;
+//   kind 2, int4 (with a group size): the same;
 //   kind 3, int4 whose minimums are -8 x its scales (GGUF's Q4_0): kind 2, but the one-row VNNI kernel folds
 //   the minimum into its integer sums and never reads the mins (2 fewer bytes per 32 weights to stream).
 #include "kernels.h"
@@ -37,12 +37,12 @@ torch::Tensor onednn_linear(const torch::Tensor& x, const torch::Tensor& packed,
 bool present(const c10::optional<torch::Tensor>& t) { return t.has_value() && t->defined(); }
 
 torch::Tensor apply_linear(const torch::Tensor& x, const c10::optional<torch::Tensor>* t, int64_t kind, int64_t group,
-                           const std::vector<int64_t>& limits) {
+                           int64_t row_limit) {
   TORCH_CHECK(kind >= 0 && kind <= 3, "decode_layers: unknown linear kind ", kind);
   const bool sym8 = kind == 3;
   if (sym8) kind = 2;
   const auto& bias = t[3];
-  if (x.size(0) <= limits[kind]) {
+  if (x.size(0) <= row_limit) {
     if (kind == 0) return bf16_linear(x, *t[0], bias);
     if (kind == 1) return int8_linear(x, *t[0], *t[1], bias);
     return int4_linear(x, *t[0], *t[1], *t[2], group, bias, sym8, t[5]);
@@ -211,7 +211,8 @@ torch::Tensor decode_one(torch::Tensor x, const std::vector<c10::optional<torch:
 }  // namespace
 
 // norms: per layer [input_norm, q_norm?, k_norm?, post_attn_norm]; linears: per layer 4 x 4 slots (see above);
-// kinds: per layer (kind, group) for each linear; eps: per layer (input, post-attention, q/k norm).
+// kinds: per layer (kind, group) for each linear; row_limits: per linear, the most rows our kernels take (see
+// QuantLinear.native_rows); eps: per layer (input, post-attention, q/k norm).
 torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<torch::Tensor>>& norms,
                             const std::vector<c10::optional<torch::Tensor>>& linears,
                             const std::vector<int64_t>& kinds, const std::vector<int64_t>& row_limits,
@@ -223,7 +224,7 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<tor
   const size_t layers = k_caches.size();
   TORCH_CHECK(norms.size() == layers * kNorms && linears.size() == layers * kLinears * kSlots &&
                   kinds.size() == layers * kLinears * 2 && eps.size() == 3 * layers && v_caches.size() == layers &&
-                  row_limits.size() == 3,
+                  row_limits.size() == layers * kLinears,
               "decode_layers: norms/linears/kinds/eps/caches do not describe the same number of layers");
   const int64_t T = x.size(0), q_width = heads * head_dim, kv_width = kv_heads * head_dim;
   const int64_t qk_width = q_width + kv_width;
@@ -246,7 +247,8 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<tor
       h = r[0];
       x = r[1];
     }
-    auto qkv = apply_linear(h, lin, kd[0], kd[1], row_limits);
+    const int64_t* rl = &row_limits[l * kLinears];
+    auto qkv = apply_linear(h, lin, kd[0], kd[1], rl[0]);
     torch::Tensor qk = qkv.narrow(1, 0, qk_width).view({T, heads + kv_heads, head_dim});
     if (nw[1].has_value() && nw[1]->defined()) {  // Qwen3: RMSNorm over each q and k head before the rotation
       auto q = rms_norm(qkv.narrow(1, 0, q_width).reshape({T, heads, head_dim}), c10::nullopt, *nw[1], eps[3 * l + 2])[0];
@@ -255,15 +257,14 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<c10::optional<tor
       qk = torch::cat({q, k}, 1);
     }
     qk = rope(qk, cos, sin);
-    k_caches[l].view({-1, kv_heads, head_dim}).index_copy_(0, slots, qk.narrow(1, heads, kv_heads));
-    v_caches[l].view({-1, kv_heads, head_dim}).index_copy_(0, slots,
-                                                          qkv.narrow(1, qk_width, kv_width).view({T, kv_heads, head_dim}));
+    write_kv(k_caches[l], v_caches[l], qk.narrow(1, heads, kv_heads),
+             qkv.narrow(1, qk_width, kv_width).view({T, kv_heads, head_dim}), slots);
     auto o = paged_decode_attention(qk.narrow(1, 0, heads), k_caches[l], v_caches[l], block_tables, context_lens, scale);
-    auto r2 = rms_norm(apply_linear(o.view({T, q_width}), lin + kSlots, kd[2], kd[3], row_limits), x, *nw[3],
+    auto r2 = rms_norm(apply_linear(o.view({T, q_width}), lin + kSlots, kd[2], kd[3], rl[1]), x, *nw[3],
                        eps[3 * l + 1]);
     x = r2[1];
-    auto up = apply_linear(r2[0], lin + 2 * kSlots, kd[4], kd[5], row_limits);
-    pending = apply_linear(silu_mul(up), lin + 3 * kSlots, kd[6], kd[7], row_limits);
+    auto up = apply_linear(r2[0], lin + 2 * kSlots, kd[4], kd[5], rl[2]);
+    pending = apply_linear(silu_mul(up), lin + 3 * kSlots, kd[6], kd[7], rl[3]);
   }
   return rms_norm(pending, x, final_norm, final_eps)[0];
 }

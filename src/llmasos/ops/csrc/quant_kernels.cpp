@@ -211,6 +211,13 @@ static bool g_int8_activations = true;
 // Up to this many rows the VNNI kernels win (one weight row at a time, 64 multiply-adds per instruction);
 // past it the bf16 kernels, which share each unpacked weight vector across 4 weight rows, are faster.
 constexpr int64_t kVnniRows = 2;
+// With the 16-row-interleaved copy (no horizontal sums, 4 input rows per pass over the weights) the VNNI kernel
+// beats the bf16 kernels at every row count and oneDNN's bf16 matmul up to 32 rows (QuantLinear.native_rows).
+constexpr int64_t kVnniRowsInterleaved = 32;
+static bool use_vnni(int64_t rows, const c10::optional<torch::Tensor>& interleaved) {
+  return g_int8_activations &&
+         (rows <= kVnniRows || (rows <= kVnniRowsInterleaved && interleaved.has_value() && interleaved->defined()));
+}
 bool int8_activations() { return g_int8_activations; }
 void set_int8_activations(bool on) { g_int8_activations = on; }
 
@@ -276,7 +283,7 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales
   const int64_t G = group_size;
   TORCH_CHECK(G >= 32 && (G & (G - 1)) == 0, "group size must be a power of two >= 32");
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == 2 * q.size(1), "shape mismatch");
-  if (g_int8_activations && x.size(0) <= kVnniRows) return int4_linear_q8a(x, q, scales, mins, group_size, bias, sym8, interleaved);
+  if (use_vnni(x.size(0), interleaved)) return int4_linear_q8a(x, q, scales, mins, group_size, bias, sym8, interleaved);
   x = x.contiguous();
   q = q.contiguous();
   scales = scales.contiguous();

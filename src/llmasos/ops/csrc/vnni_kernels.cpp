@@ -31,8 +31,17 @@ constexpr int64_t kTileN = 32;  // weight rows per parallel task (as in quant_ke
 inline __m512 block_scales(Scales s, int64_t row_base, int64_t b0, int64_t nb, int64_t G) {
   const __mmask16 m = lanes16(nb);
   if (G == 32) return s.load16(row_base + b0, m);
-  if (b0 * 32 / G == (b0 + nb - 1) * 32 / G)  // all in one group (e.g. one scale per row)
-    return _mm512_maskz_mov_ps(m, _mm512_set1_ps(s[row_base + b0 * 32 / G]));
+  const int64_t g0 = b0 * 32 / G, g1 = (b0 + nb - 1) * 32 / G;
+  if (g0 == g1)  // all in one group (e.g. one scale per row)
+    return _mm512_maskz_mov_ps(m, _mm512_set1_ps(s[row_base + g0]));
+  if ((G & (G - 1)) == 0 && G <= 512) {
+    // b0 is a multiple of 16, so the blocks start a group: block b0 + j has scale g0 + j / (G / 32). One load
+    // and one permutation; the scalar gather below cost 4x the whole kernel at groups of 64 and 128 (a store
+    // of 16 floats, then a vector load of them, per row and 512 inputs).
+    const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          static_cast<unsigned>(__builtin_ctzll(static_cast<uint64_t>(G / 32))));
+    return _mm512_maskz_permutexvar_ps(m, idx, s.load16(row_base + g0, lanes16(g1 - g0 + 1)));
+  }
   alignas(64) float tmp[16] = {0};
   for (int64_t j = 0; j < nb; ++j) tmp[j] = s[row_base + (b0 + j) * 32 / G];
   return _mm512_load_ps(tmp);
@@ -224,9 +233,9 @@ void set_interleaved(LinearRow& p, const c10::optional<torch::Tensor>& interleav
   if (!interleaved.has_value() || !interleaved->defined()) return;
   const auto& t = *interleaved;
   const int64_t es = c10::elementSize(p.scale_type), groups = p.N * (p.K / 32);
-  TORCH_CHECK(p.kind == 2 && p.G == 32 && p.N % 16 == 0 && t.scalar_type() == at::kByte && t.is_contiguous() &&
+  TORCH_CHECK(p.kind == 2 && p.G % 32 == 0 && p.N % 16 == 0 && t.scalar_type() == at::kByte && t.is_contiguous() &&
                   t.numel() == p.N * p.K / 2 + 2 * groups * es,
-              "interleaved int4: a uint8 tensor of codes, scales and mins for groups of 32 and 16-row blocks expected");
+              "interleaved int4: a uint8 tensor of codes, then scales and mins per 32 inputs, for 16-row blocks expected");
   p.w16 = t.data_ptr<uint8_t>();
   p.scales16 = p.w16 + p.N * p.K / 2;
   p.mins16 = static_cast<const uint8_t*>(p.scales16) + groups * es;
@@ -235,9 +244,16 @@ void set_interleaved(LinearRow& p, const c10::optional<torch::Tensor>& interleav
 void vnni_linear_rows(const QuantRow* const* xq, int64_t M, const LinearRow& p, at::BFloat16* y, int64_t ystride,
                       int64_t n0, int64_t n1) {
   if (p.kind == 2 && p.w16 && n0 % 16 == 0 && n1 % 16 == 0) {
-    for (int64_t m0 = 0; m0 < M; m0 += 2) {
-      if (M - m0 >= 2) vnni_rows_i16<2>(xq + m0, p, y + m0 * ystride, ystride, n0, n1);
-      else vnni_rows_i16<1>(xq + m0, p, y + m0 * ystride, ystride, n0, n1);
+    // Up to 4 input rows share each unpacked weight vector (more would spill the accumulators).
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const QuantRow* const* xm = xq + m0;
+      at::BFloat16* ym = y + m0 * ystride;
+      switch (std::min<int64_t>(4, M - m0)) {
+        case 1: vnni_rows_i16<1>(xm, p, ym, ystride, n0, n1); break;
+        case 2: vnni_rows_i16<2>(xm, p, ym, ystride, n0, n1); break;
+        case 3: vnni_rows_i16<3>(xm, p, ym, ystride, n0, n1); break;
+        default: vnni_rows_i16<4>(xm, p, ym, ystride, n0, n1); break;
+      }
     }
     return;
   }
