@@ -297,13 +297,14 @@ def test_bf16_engine_same_tokens_with_and_without_prepacked_weights(llama_dir):
     assert a == b and all(len(t) == 12 for t in a)
 
 
-@pytest.mark.parametrize("weights", ["bf16", "prepacked", "int8", "int4", "q4_0"])
+@pytest.mark.parametrize("weights", ["bf16", "prepacked", "int8", "int8_copies", "int4", "q4_0"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])  # qwen2: biased q/k/v; qwen3: q/k norms
 def test_straight_line_decode_equals_the_general_path(family, weights, tmp_path):
     """Decode steps of any batch size take models.fast_decode (one native call per step), whatever the
-    weights (bf16, oneDNN-prepacked, int8, int4, Q4_0-like int4 with its interleaved copy); its tokens and logprobs are the general layer-by-layer
-    path's, bit for bit, at batch 1, 3 (our small-batch kernels) and 8 (past them: oneDNN / expanded weights
-    for bf16 and int8, still ours for int4)."""
+    weights (bf16, oneDNN-prepacked, int8, int8 with its prepacked and interleaved copies, int4, Q4_0-like int4
+    with its interleaved copy); its tokens and logprobs are the general layer-by-layer path's, bit for bit, at
+    batch 1, 3 (our small-batch kernels) and 8 (past them: oneDNN / expanded weights for bf16 and plain int8,
+    still ours with an interleaved copy)."""
     import torch
 
     from llmasos.compress.quantize import quantize_model
@@ -318,8 +319,16 @@ def test_straight_line_decode_equals_the_general_path(family, weights, tmp_path)
     # No prefix cache: the second run must compute the same prefill steps the first did, not reuse its blocks.
     llm = make_llm(ckpt, dtype="bfloat16", prepack_weights=weights == "prepacked", max_num_batched_tokens=512,
                    enable_prefix_caching=False)
-    if weights in ("int8", "int4", "q4_0"):
-        quantize_model(llm.engine.model, bits=8 if weights == "int8" else 4, group_size=32 if weights == "q4_0" else 64)
+    if weights in ("int8", "int8_copies", "int4", "q4_0"):
+        quantize_model(llm.engine.model, bits=8 if weights.startswith("int8") else 4,
+                       group_size=32 if weights == "q4_0" else 64)
+    if weights == "int8_copies":
+        from llmasos.ops.quant_linear import QuantLinear
+
+        for m in llm.engine.model.modules():
+            if isinstance(m, QuantLinear):
+                m.prepack()
+                assert m.interleaved is not None and m.packed is not None
     if weights == "q4_0":
         # As GGUF's Q4_0: groups of 32, minimums of -8 x the scales (folded: sym8), and the 16-row-interleaved
         # copy the engine makes along with the prepacked one.

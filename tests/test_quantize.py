@@ -351,10 +351,10 @@ def test_interleaved_int4_copy_gives_the_same_outputs(sym8, n, k, rows, group):
         plain = layer(x).double()
         assert layer.prepack() == layer.prepack_size() > 2 * n * k
         assert layer.interleaved is not None and layer.interleaved.numel() == n * k // 2 + 2 * (n * k // 32) * 2
-        assert layer.native_rows() == INTERLEAVED_MAX_ROWS
+        assert layer.native_rows() == INTERLEAVED_MAX_ROWS[4]
         interleaved = layer(x).double()
     exact = x.double() @ dequantize(layer, torch.float64).t() + layer.bias.double()
-    ref = exact if rows > INTERLEAVED_MAX_ROWS else \
+    ref = exact if rows > INTERLEAVED_MAX_ROWS[4] else \
         _q8_activations(x) @ dequantize(layer, torch.float64).t() + layer.bias.double()
     assert (interleaved - ref).abs().max() <= 4e-3 * ref.abs().max()
     # The plain layout ran the VNNI kernel (1-2 rows) or the exact-activation ones: int8 rounding apart.
@@ -364,6 +364,32 @@ def test_interleaved_int4_copy_gives_the_same_outputs(sym8, n, k, rows, group):
                                   torch.cat([mins, mins[:8]]), group_size=group)
     odd.prepack()
     assert odd.interleaved is None and odd.packed is not None
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,k,rows,per_row", [(64, 640, 2, True), (32, 576, 5, False), (48, 512, 16, False),
+                                              (32, 512, 17, True), (16, 256, 1, False)])
+def test_interleaved_int8_copy_gives_the_same_outputs(n, k, rows, per_row):
+    """An int8 layer keeps an interleaved copy too (scales repeated per 32 inputs): 2-16 rows run its VNNI kernel
+    (activations rounded to int8 per 32 inputs), one row the plain one, 17 rows oneDNN; all the same function."""
+    from llmasos.ops.quant_linear import INTERLEAVED_MAX_ROWS
+
+    g = torch.Generator().manual_seed(n + k + rows)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    scales = (torch.rand(n, generator=g) * 0.01 + 1e-3) if per_row else \
+        (torch.rand(n, k // 32, generator=g) * 0.01 + 1e-3).half()
+    layer = QuantLinear.from_packed(q, scales, bias=torch.randn(n, generator=g).to(torch.bfloat16))
+    x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+    with torch.inference_mode():
+        plain = layer(x).double()
+        layer.prepack()
+        assert layer.interleaved is not None and layer.interleaved.numel() == n * k + (n * k // 32) * scales.element_size()
+        assert layer.native_rows() == INTERLEAVED_MAX_ROWS[8]
+        interleaved = layer(x).double()
+    w = dequantize(layer, torch.float64)
+    ref = (x.double() if rows > INTERLEAVED_MAX_ROWS[8] else _q8_activations(x)) @ w.t() + layer.bias.double()
+    assert (interleaved - ref).abs().max() <= 4e-3 * ref.abs().max()
+    assert (interleaved - plain).abs().max() <= 2e-2 * ref.abs().max()
 
 
 @needs_kernel

@@ -33,10 +33,11 @@ GROUP_SIZES = (32, 64, 128)
 # Up to this many rows our kernels beat oneDNN on the expanded weight (measured on SmolLM2's and the bench
 # model's shapes: at 16 rows expanding + oneDNN was 1.6-2.4x faster than the int4 kernel).
 MAX_ROWS = {8: 8, 4: 8}
-# int4 with the interleaved copy: its VNNI kernel beats oneDNN's bf16 matmul up to 32 rows and more (24 layers of
-# the bench model's shapes: 2.4 against 4.1 ms at 8 rows, where the bf16 kernel took 6.1; 7.5 against 8.1 at
-# 32; SmolLM2's 120 int4 layers: 4.0 against 8.7 ms at 8 rows, 11.7 against 14.3 at 32).
-INTERLEAVED_MAX_ROWS = 32
+# With the interleaved copy, the VNNI kernel beats oneDNN's bf16 matmul up to this many rows. int4, over 24
+# layers of the bench model's shapes: 2.4 against 4.1 ms at 8 rows, where the bf16 kernel took 6.1; 7.5 against
+# 8.1 at 32; SmolLM2's 120 int4 layers: 4.0 against 8.7 ms at 8 rows, 11.7 against 14.3 at 32. int8: 3.6-3.9
+# against 4.1-4.6 ms at 8 rows (bf16 kernel 5.3), even at 16, 9.0 against 8.2 at 32.
+INTERLEAVED_MAX_ROWS = {4: 32, 8: 16}
 # int8 with a prepacked bf16 copy: oneDNN wins from ~5 rows (4.6 against 6.8 ms for the bf16 kernel at 8).
 INT8_PACKED_MAX_ROWS = 4
 INT4_BLOCK = 64  # inputs per packed int4 block: in_features must be a multiple of it
@@ -142,6 +143,18 @@ def interleave_int4(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -
         return s.reshape(n // 16, 16, nb).permute(0, 2, 1).contiguous().reshape(-1).view(torch.uint8)
 
     return torch.cat([codes.reshape(-1), by_group(scales), by_group(mins)])
+
+
+def interleave_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """int8 `[N, K]` with scales `[N]` or `[N, K/G]` -> one uint8 tensor for the VNNI kernel of several rows: the
+    codes 16 rows at a time (per 16-row group and 32-input block, eight 64-byte vectors; lane j's 4 bytes in
+    vector t hold row j's inputs 4t..4t+3), then the scales repeated per 32 inputs, as `[N/16, K/32, 16]`."""
+    n, k = q.shape
+    nb = k // 32
+    codes = q.view(torch.uint8).reshape(n // 16, 16, nb, 8, 4).permute(0, 2, 3, 1, 4)  # group, block, t, row, i
+    s = scales.reshape(n, 1).expand(n, nb) if scales.dim() == 1 else scales.repeat_interleave(nb // scales.shape[1], 1)
+    s = s.reshape(n // 16, 16, nb).permute(0, 2, 1).contiguous().reshape(-1).view(torch.uint8)
+    return torch.cat([codes.contiguous().reshape(-1), s])
 
 
 def dequantize(layer: QuantLinear, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -254,15 +267,16 @@ class QuantLinear(nn.Module):
 
     def interleave_size(self) -> int:
         """Bytes the interleaved copy would take (0 where it does not apply)."""
-        if not (self.bits == 4 and self.group_size % 32 == 0 and self.out_features % 16 == 0 and self.qweight.is_cpu
+        if not (self.group_size % 32 == 0 and self.out_features % 16 == 0 and self.qweight.is_cpu
                 and quant_kernels() is not None):
             return 0
-        return self.qweight.numel() + 2 * (self.qweight.numel() // 16) * self.scales.element_size()
+        blocks = self.in_features * self.out_features // 32  # one scale (and min) per 32 inputs
+        return self.qweight.numel() + blocks * self.scales.element_size() * (1 if self.bits == 8 else 2)
 
     def native_rows(self) -> int:
         """Inputs of up to this many rows run our kernels; more go to oneDNN (see MAX_ROWS and below)."""
-        if self.bits == 4 and self.interleaved is not None:
-            return INTERLEAVED_MAX_ROWS
+        if self.interleaved is not None:
+            return INTERLEAVED_MAX_ROWS[self.bits]
         if self.bits == 8 and self.packed is not None:
             return INT8_PACKED_MAX_ROWS
         return MAX_ROWS[self.bits]
@@ -270,7 +284,12 @@ class QuantLinear(nn.Module):
     def interleave(self) -> int:
         """Keep the 16-row-interleaved copy for steps of 1-16 rows; returns its bytes (0 where it does not apply)."""
         size = self.interleave_size()
-        self.interleaved = interleave_int4(self.qweight, self.scales, self.mins) if size else None
+        if not size:
+            self.interleaved = None
+        elif self.bits == 8:
+            self.interleaved = interleave_int8(self.qweight, self.scales)
+        else:
+            self.interleaved = interleave_int4(self.qweight, self.scales, self.mins)
         return size
 
     def prepack_size(self) -> int:
@@ -323,7 +342,7 @@ def quant_linear(x: torch.Tensor, layer: QuantLinear, native: bool | None = None
         x2 = x.reshape(-1, x.shape[-1])
         if x2.shape[0] <= layer.native_rows():
             if layer.bits == 8:
-                out = ext.int8_linear(x2, layer.qweight, layer.scales, layer.bias)
+                out = ext.int8_linear(x2, layer.qweight, layer.scales, layer.bias, layer.interleaved)
             else:
                 out = ext.int4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group_size, layer.bias,
                                       layer.sym8, layer.interleaved)

@@ -717,12 +717,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias") = py::none());
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over the paged KV cache (bf16)");
   m.def("int8_linear", &int8_linear, "y = x @ (q * scale).T + bias (bf16 x, int8 weight, per-row or group scales)",
-        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias") = py::none());
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias") = py::none(), py::arg("interleaved") = py::none());
   m.def("int4_linear", &int4_linear, "y = x @ (q * scale + min).T + bias (bf16 x, int4 group-wise weight)",
         py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("mins"), py::arg("group_size"),
         py::arg("bias") = py::none(), py::arg("sym8") = false, py::arg("interleaved") = py::none());
   m.def("int8_linear_q8a", &int8_linear_q8a, "int8_linear with x quantized to int8 per 32 inputs (VNNI)",
-        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias") = py::none());
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias") = py::none(), py::arg("interleaved") = py::none());
   m.def("int4_linear_q8a", &int4_linear_q8a, "int4_linear with x quantized to int8 per 32 inputs (VNNI)",
         py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("mins"), py::arg("group_size"),
         py::arg("bias") = py::none(), py::arg("sym8") = false, py::arg("interleaved") = py::none());

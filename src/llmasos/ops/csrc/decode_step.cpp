@@ -5,7 +5,7 @@
 //
 // Each linear layer is described by a kind and four tensor slots, and runs the kernel Python's
 // `ops.linear` / `ops.quant_linear` would pick for the same number of rows (so both paths give the same bits):
-// Slots: [weight or q, scales, mins, bias, oneDNN-prepacked bf16 weight, 16-row-interleaved int4 copy]; absent
+// Slots: [weight or q, scales, mins, bias, oneDNN-prepacked bf16 weight, 16-row-interleaved int8 / int4 copy]; absent
 // ones are None.
 //   kind 0, bf16: ours up to the layer's row limit, else oneDNN (on the prepacked copy if there is one);
 //   kind 1, int8: ours up to its row limit, else oneDNN on the prepacked copy or the expanded weight;
@@ -44,7 +44,7 @@ torch::Tensor apply_linear(const torch::Tensor& x, const c10::optional<torch::Te
   const auto& bias = t[3];
   if (x.size(0) <= row_limit) {
     if (kind == 0) return bf16_linear(x, *t[0], bias);
-    if (kind == 1) return int8_linear(x, *t[0], *t[1], bias);
+    if (kind == 1) return int8_linear(x, *t[0], *t[1], bias, t[5]);
     return int4_linear(x, *t[0], *t[1], *t[2], group, bias, sym8, t[5]);
   }
   if (present(t[4])) return onednn_linear(x, *t[4], bias);
@@ -98,10 +98,8 @@ torch::Tensor decode_one(torch::Tensor x, const std::vector<c10::optional<torch:
         p.scales = t[1]->data_ptr();
         p.scale_type = t[1]->scalar_type();
         if (p.kind == 1 && t[1]->dim() == 1) p.G = p.K;  // one scale per row
-        if (p.kind == 2) {
-          p.mins = t[2]->data_ptr();
-          set_interleaved(p, t[5]);
-        }
+        if (p.kind == 2) p.mins = t[2]->data_ptr();
+        set_interleaved(p, t[5]);
       }
       if (present(t[3])) {
         if (p.kind == 0) {

@@ -6,7 +6,8 @@
 #include <vector>
 
 torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias);
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias,
+                          c10::optional<torch::Tensor> interleaved = c10::nullopt);
 // `sym8`: the mins are -8 x the scales (GGUF's Q4_0); the VNNI kernel then folds them into its integer sums.
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
                           int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false,
@@ -50,8 +51,8 @@ struct LinearRow {
   const void* scales = nullptr;
   const void* mins = nullptr;
   bool sym8 = false;  // int4 whose minimum is -8 x scale (GGUF's Q4_0): the VNNI kernel never reads the mins
-  // int4 with groups of 32 may carry a copy interleaved by 16 rows (QuantLinear.interleave; vnni_kernels.cpp):
-  // its codes, then its scales and mins as [N/16, K/32, 16]. The one-row VNNI kernel then reads that instead.
+  // int8 / int4 may carry a copy interleaved by 16 rows (QuantLinear.interleave; vnni_kernels.cpp): its codes,
+  // then its scales (and int4's mins) per 32 inputs as [N/16, K/32, 16]. The VNNI kernels then read that instead.
   const uint8_t* w16 = nullptr;
   const void* scales16 = nullptr;
   const void* mins16 = nullptr;
@@ -90,7 +91,8 @@ struct RowScratch {
 void linear_row_prepare(const LinearRow& p, const uint16_t* x, RowScratch& s);
 void linear_row_compute(const LinearRow& p, const uint16_t* x, const RowScratch& s, uint16_t* y, int64_t n0,
                         int64_t n1);
-torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
+torch::Tensor int8_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias,
+                              c10::optional<torch::Tensor> interleaved = c10::nullopt);
 torch::Tensor int4_linear_q8a(torch::Tensor x, torch::Tensor q, torch::Tensor scales, torch::Tensor mins,
                               int64_t group_size, c10::optional<torch::Tensor> bias, bool sym8 = false,
                               c10::optional<torch::Tensor> interleaved = c10::nullopt);

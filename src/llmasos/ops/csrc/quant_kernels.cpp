@@ -221,10 +221,11 @@ static bool use_vnni(int64_t rows, const c10::optional<torch::Tensor>& interleav
 bool int8_activations() { return g_int8_activations; }
 void set_int8_activations(bool on) { g_int8_activations = on; }
 
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias) {
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias,
+                          c10::optional<torch::Tensor> interleaved) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kChar, "bf16 x and int8 weight expected");
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1) && q.size(1) % 32 == 0, "shape mismatch");
-  if (g_int8_activations && x.size(0) <= kVnniRows) return int8_linear_q8a(x, q, scale, bias);
+  if (use_vnni(x.size(0), interleaved)) return int8_linear_q8a(x, q, scale, bias, interleaved);
   x = x.contiguous();
   q = q.contiguous();
   scale = scale.contiguous();
