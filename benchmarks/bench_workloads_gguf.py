@@ -1,9 +1,10 @@
 """Workloads on GGUF files, against llama.cpp on the very same file (see bench_llamacpp.py):
 
-- G: the default model (SmolLM2-135M-Instruct, Q4_1 + a Q8_0 tied embedding): decode speed at 1 and 16
+- G: the default model (SmolLM2-135M-Instruct, Q4_1 + a Q8_0 tied embedding): decode speed at 1, 4, 8 and 16
   parallel sequences, 128 prompt / 128 generated tokens each.
 - Q: the bench model written as Q8_0, Q4_0 and Q4_1 files (and BF16) by `llmasos.models.gguf.writer` with the
-  `gguf` package's quantizers: single-stream decode; our int8 / int4 kernels run the files' weights unchanged.
+  `gguf` package's quantizers: decode of 1 and 4 streams; our int8 / int4 kernels run the files' weights
+  unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from bench_llamacpp import batched_bench, find_tool, version
 from bench_runners import BatchRun, OursRunner
 
 LLAMA = "llama.cpp"
-G_PARALLEL = (1, 16)
+G_PARALLEL = (1, 4, 8, 16)  # a chat with one user, a few, a busy hour
+Q_PARALLEL = (1, 4)
 G_PROMPT, G_GEN = 128, 128
 Q_TYPES = ("BF16", "Q8_0", "Q4_0", "Q4_1")
 
@@ -107,10 +109,12 @@ def ensure_gguf_files(ctx, out_dir: Path) -> dict[str, Path]:  # noqa: ANN001
 
 
 def workload_q(ctx) -> WorkloadResult:  # noqa: ANN001
-    columns = [Column("tg1", "decode tok/s"), Column("ms_per_token", "ms/token", "{:.1f}")]
-    res = WorkloadResult("Q", f"Q: quantized weights, single-stream decode ({G_PROMPT}/{G_GEN}), the bench model "
-                         "as GGUF files run by both engines", ctx.threads,
-                         {"prompt": G_PROMPT, "gen": G_GEN, "types": list(Q_TYPES)}, columns, primary="tg1")
+    columns = [Column("tg1", "decode tok/s, 1 seq"), Column("ms_per_token", "ms/token, 1 seq", "{:.1f}"),
+               *[Column(f"tg{n}", f"decode tok/s, {n} seq") for n in Q_PARALLEL[1:]]]
+    res = WorkloadResult("Q", f"Q: quantized weights, decode of {' and '.join(map(str, Q_PARALLEL))} streams "
+                         f"({G_PROMPT}/{G_GEN}), the bench model as GGUF files run by both engines", ctx.threads,
+                         {"prompt": G_PROMPT, "gen": G_GEN, "types": list(Q_TYPES), "parallel": list(Q_PARALLEL)},
+                         columns, primary="tg1")
     files = ensure_gguf_files(ctx, ctx.ckpt.parent.parent / "gguf")
     tool = find_tool(ctx.opts.llama_cpp_bin)
 
@@ -119,9 +123,9 @@ def workload_q(ctx) -> WorkloadResult:  # noqa: ANN001
 
     runners = {}
     for qtype, path in files.items():
-        runners[f"llmasos {qtype}"] = lambda p=path: with_ms(_ours_decode(ctx, p, (1,), G_PROMPT, G_GEN))
+        runners[f"llmasos {qtype}"] = lambda p=path: with_ms(_ours_decode(ctx, p, Q_PARALLEL, G_PROMPT, G_GEN))
         if tool is not None:
-            runners[f"{LLAMA} {qtype}"] = lambda p=path: with_ms(_llama_decode(tool, p, ctx.threads, (1,),
+            runners[f"{LLAMA} {qtype}"] = lambda p=path: with_ms(_llama_decode(tool, p, ctx.threads, Q_PARALLEL,
                                                                               G_PROMPT, G_GEN))
     if tool is None:
         res.notes.append("llama.cpp rows skipped: needs --llama-cpp-bin DIR with llama-batched-bench (README)")
@@ -132,10 +136,13 @@ def workload_q(ctx) -> WorkloadResult:  # noqa: ANN001
     res.engines = list(measured.values())
     for qtype in Q_TYPES:
         ours, base = res.engine(f"llmasos {qtype}"), res.engine(f"{LLAMA} {qtype}")
-        r = ratio(ours.get("tg1") if ours and ours.ok else None, base.get("tg1") if base and base.ok else None)
-        if r is not None:
-            res.ratios[f"ours / llama.cpp, {qtype}"] = r
-            res.checks.append(Check(f"Q {qtype} decode vs llama.cpp (same file)", ">= 1.0x", f"{r:.2f}x", r >= 1.0))
+        for n in Q_PARALLEL:
+            key = f"tg{n}"
+            r = ratio(ours.get(key) if ours and ours.ok else None, base.get(key) if base and base.ok else None)
+            if r is not None:
+                res.ratios[f"ours / llama.cpp, {qtype}, {n} seq"] = r
+                res.checks.append(Check(f"Q {qtype} decode, {n} seq, vs llama.cpp (same file)", ">= 1.0x",
+                                        f"{r:.2f}x", r >= 1.0))
     res.notes.append(f"files: {', '.join(p.name for p in files.values())} ({time.perf_counter() - t0:.0f}s)")
     return res
 

@@ -370,8 +370,8 @@ def test_interleaved_int4_copy_gives_the_same_outputs(sym8, n, k, rows, group):
 @pytest.mark.parametrize("n,k,rows,per_row", [(64, 640, 2, True), (32, 576, 5, False), (48, 512, 16, False),
                                               (32, 512, 17, True), (16, 256, 1, False)])
 def test_interleaved_int8_copy_gives_the_same_outputs(n, k, rows, per_row):
-    """An int8 layer keeps an interleaved copy too (scales repeated per 32 inputs): 2-16 rows run its VNNI kernel
-    (activations rounded to int8 per 32 inputs), one row the plain one, 17 rows oneDNN; all the same function."""
+    """An int8 layer keeps an interleaved copy too (scales repeated per 32 inputs): 1-16 rows run its VNNI kernel
+    (activations rounded to int8 per 32 inputs), 17 rows oneDNN; all the same function."""
     from llmasos.ops.quant_linear import INTERLEAVED_MAX_ROWS
 
     g = torch.Generator().manual_seed(n + k + rows)

@@ -36,7 +36,8 @@ MAX_ROWS = {8: 8, 4: 8}
 # With the interleaved copy, the VNNI kernel beats oneDNN's bf16 matmul up to this many rows. int4, over 24
 # layers of the bench model's shapes: 2.4 against 4.1 ms at 8 rows, where the bf16 kernel took 6.1; 7.5 against
 # 8.1 at 32; SmolLM2's 120 int4 layers: 4.0 against 8.7 ms at 8 rows, 11.7 against 14.3 at 32. int8: 3.6-3.9
-# against 4.1-4.6 ms at 8 rows (bf16 kernel 5.3), even at 16, 9.0 against 8.2 at 32.
+# against 4.1-4.6 ms at 8 rows (bf16 kernel 5.3), even at 16, 9.0 against 8.2 at 32; at one row 1.04-1.36x the
+# plain layout per layer (1.30x on SmolLM2's 49152 x 576 Q8_0 LM head).
 INTERLEAVED_MAX_ROWS = {4: 32, 8: 16}
 # int8 with a prepacked bf16 copy: oneDNN wins from ~5 rows (4.6 against 6.8 ms for the bf16 kernel at 8).
 INT8_PACKED_MAX_ROWS = 4

@@ -287,9 +287,8 @@ void set_interleaved(LinearRow& p, const c10::optional<torch::Tensor>& interleav
 
 void vnni_linear_rows(const QuantRow* const* xq, int64_t M, const LinearRow& p, at::BFloat16* y, int64_t ystride,
                       int64_t n0, int64_t n1) {
-  if (p.w16 && n0 % 16 == 0 && n1 % 16 == 0 && (p.kind == 2 || M > 1)) {
-    // Up to 4 input rows share each loaded weight vector (more would spill the accumulators). One row of int8
-    // keeps the plain layout: there the interleaved one measured 0.90-1.25x per layer, no gain overall.
+  if (p.w16 && n0 % 16 == 0 && n1 % 16 == 0) {
+    // Up to 4 input rows share each loaded weight vector (more would spill the accumulators).
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const QuantRow* const* xm = xq + m0;
       at::BFloat16* ym = y + m0 * ystride;
