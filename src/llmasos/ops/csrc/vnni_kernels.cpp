@@ -181,86 +181,61 @@ static void vnni_rows(const QuantRow* const* xq, const LinearRow& p, at::BFloat1
   }
 }
 
-// int4 with groups of 32, interleaved by 16 rows: each 32-bit lane of a vector belongs to one output row, so a
-// block's dot products come out of eight vpdpbusd as sixteen row sums, scaled as they are, with no transposition
-// and no final horizontal sum (llama.cpp repacks Q4_0 the same way). Layout, per 16-row group g and 32-input
-// block b: 256 bytes, four 64-byte vectors t = 0..3; lane j's 4 bytes in vector t hold row 16g+j's inputs
-// 32b+8t+i (low nibble) and 32b+8t+4+i (high nibble), i = 0..3. Scales and mins follow as [N/16, K/32, 16].
-template <int MC>
+// int8 / int4 interleaved by 16 rows: each 32-bit lane of a vector belongs to one output row, so a block's dot
+// products come out of eight vpdpbusd as sixteen row sums, scaled as they are, with no transposition and no
+// final horizontal sum (llama.cpp repacks Q4_0 the same way). Layout, per 16-row group g and 32-input block b,
+// scales (and int4's mins) following as [N/16, K/32, 16]:
+//   int4: 256 bytes, four 64-byte vectors u = 0..3; lane j's 4 bytes in vector u hold row 16g+j's inputs
+//   32b+8u+i (low nibble) and 32b+8u+4+i (high nibble), i = 0..3;
+//   int8: 512 bytes, eight vectors; lane j's 4 bytes in vector t hold row 16g+j's inputs 32b+4t..32b+4t+3.
+//   vpdpbusd wants unsigned weights: their sign bit is flipped at the load (w + 128), and 128 x sum(x_q) taken
+//   off each block's sums.
+// Either way step u multiplies two weight vectors by input bytes 8u..8u+3 and 8u+4..8u+7, into two chains per
+// input row (vpdpbusd's latency, not its throughput, bounds one row).
+template <int MC, bool kInt4>
 static void vnni_rows_i16(const QuantRow* const* xq, const LinearRow& p, at::BFloat16* y, int64_t ystride,
                           int64_t n0, int64_t n1) {
+  constexpr int64_t kBlockBytes = kInt4 ? 256 : 512;
   const int64_t nb = p.K / 32;
-  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const __m512i nib = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const Scales sc{p.scales16, p.scale_type}, mn{p.mins16, p.scale_type};
+  const bool with_min = kInt4 && !p.sym8;
+  // Subtracted per block, times sum(x_q): int8's +128 offset, or Q4_0's minimum folded into the integer sums.
+  const int32_t offset = kInt4 ? (p.sym8 ? 8 : 0) : 128;
   for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
     __m512 acc[MC];
     for (int i = 0; i < MC; ++i) acc[i] = _mm512_setzero_ps();
-    const uint8_t* wg = p.w16 + g * nb * 256;
+    const uint8_t* wg = p.w16 + g * nb * kBlockBytes;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* wb = wg + b * 256;
-      __m512i lo_sum[MC], hi_sum[MC];
-      for (int i = 0; i < MC; ++i) lo_sum[i] = hi_sum[i] = _mm512_setzero_si512();
-      for (int t = 0; t < 4; ++t) {
-        const __m512i v = _mm512_loadu_si512(wb + 64 * t);
-        const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+      const uint8_t* wb = wg + b * kBlockBytes;
+      __m512i sum0[MC], sum1[MC];
+      for (int i = 0; i < MC; ++i) sum0[i] = sum1[i] = _mm512_setzero_si512();
+      for (int u = 0; u < 4; ++u) {
+        __m512i w0, w1;
+        if constexpr (kInt4) {
+          const __m512i v = _mm512_loadu_si512(wb + 64 * u);
+          w0 = _mm512_and_si512(v, nib);
+          w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+        } else {
+          w0 = _mm512_xor_si512(_mm512_loadu_si512(wb + 128 * u), flip);
+          w1 = _mm512_xor_si512(_mm512_loadu_si512(wb + 128 * u + 64), flip);
+        }
         for (int i = 0; i < MC; ++i) {
           int32_t x4[2];
-          std::memcpy(x4, xq[i]->q.data() + b * 32 + 8 * t, 8);
-          lo_sum[i] = _mm512_dpbusd_epi32(lo_sum[i], lo, _mm512_set1_epi32(x4[0]));
-          hi_sum[i] = _mm512_dpbusd_epi32(hi_sum[i], hi, _mm512_set1_epi32(x4[1]));
+          std::memcpy(x4, xq[i]->q.data() + b * 32 + 8 * u, 8);
+          sum0[i] = _mm512_dpbusd_epi32(sum0[i], w0, _mm512_set1_epi32(x4[0]));
+          sum1[i] = _mm512_dpbusd_epi32(sum1[i], w1, _mm512_set1_epi32(x4[1]));
         }
       }
       const __m512 s = sc.load16((g * nb + b) * 16, 0xFFFF);
-      const __m512 m = p.sym8 ? _mm512_setzero_ps() : mn.load16((g * nb + b) * 16, 0xFFFF);
+      const __m512 m = with_min ? mn.load16((g * nb + b) * 16, 0xFFFF) : _mm512_setzero_ps();
       for (int i = 0; i < MC; ++i) {
-        __m512i d = _mm512_add_epi32(lo_sum[i], hi_sum[i]);
         const int32_t qs = xq[i]->sum[b];
         const __m512 dx = _mm512_set1_ps(xq[i]->d[b]);
-        if (p.sym8) d = _mm512_sub_epi32(d, _mm512_set1_epi32(8 * qs));
+        __m512i d = _mm512_add_epi32(sum0[i], sum1[i]);
+        if (offset) d = _mm512_sub_epi32(d, _mm512_set1_epi32(offset * qs));
         acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), s), dx, acc[i]);
-        if (!p.sym8) acc[i] = _mm512_fmadd_ps(m, _mm512_mul_ps(dx, _mm512_set1_ps(static_cast<float>(qs))), acc[i]);
-      }
-    }
-    for (int i = 0; i < MC; ++i) {
-      __m512 v = acc[i];
-      if (p.bias_f32) v = _mm512_add_ps(v, _mm512_loadu_ps(p.bias_f32 + g * 16));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * ystride + g * 16), (__m256i)_mm512_cvtneps_pbh(v));
-    }
-  }
-}
-
-// int8 interleaved by 16 rows (the same idea as vnni_rows_i16): per 16-row group and 32-input block, 512 bytes,
-// eight 64-byte vectors t = 0..7; lane j's 4 bytes in vector t hold row 16g+j's inputs 32b+4t..32b+4t+3. The
-// scales follow as [N/16, K/32, 16]. vpdpbusd wants unsigned weights: their sign bit is flipped at the load
-// (w + 128), and 128 x sum(x_q) taken off each block's sums.
-template <int MC>
-static void vnni_rows_i16_i8(const QuantRow* const* xq, const LinearRow& p, at::BFloat16* y, int64_t ystride,
-                             int64_t n0, int64_t n1) {
-  const int64_t nb = p.K / 32;
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const Scales sc{p.scales16, p.scale_type};
-  for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
-    __m512 acc[MC];
-    for (int i = 0; i < MC; ++i) acc[i] = _mm512_setzero_ps();
-    const uint8_t* wg = p.w16 + g * nb * 512;
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* wb = wg + b * 512;
-      __m512i even[MC], odd[MC];  // two chains per row: vpdpbusd's latency, not its throughput, bounds one row
-      for (int i = 0; i < MC; ++i) even[i] = odd[i] = _mm512_setzero_si512();
-      for (int t = 0; t < 8; t += 2) {
-        const __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(wb + 64 * t), flip);
-        const __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(wb + 64 * t + 64), flip);
-        for (int i = 0; i < MC; ++i) {
-          int32_t x4[2];
-          std::memcpy(x4, xq[i]->q.data() + b * 32 + 4 * t, 8);
-          even[i] = _mm512_dpbusd_epi32(even[i], v0, _mm512_set1_epi32(x4[0]));
-          odd[i] = _mm512_dpbusd_epi32(odd[i], v1, _mm512_set1_epi32(x4[1]));
-        }
-      }
-      const __m512 s = sc.load16((g * nb + b) * 16, 0xFFFF);
-      for (int i = 0; i < MC; ++i) {
-        const __m512i d = _mm512_sub_epi32(_mm512_add_epi32(even[i], odd[i]), _mm512_set1_epi32(128 * xq[i]->sum[b]));
-        acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), s), _mm512_set1_ps(xq[i]->d[b]), acc[i]);
+        if (with_min) acc[i] = _mm512_fmadd_ps(m, _mm512_mul_ps(dx, _mm512_set1_ps(static_cast<float>(qs))), acc[i]);
       }
     }
     for (int i = 0; i < MC; ++i) {
@@ -285,48 +260,24 @@ void set_interleaved(LinearRow& p, const c10::optional<torch::Tensor>& interleav
   p.mins16 = p.kind == 2 ? static_cast<const uint8_t*>(p.scales16) + groups * es : nullptr;
 }
 
+using RowsKernel = void (*)(const QuantRow* const*, const LinearRow&, at::BFloat16*, int64_t, int64_t, int64_t);
+// [input rows - 1][int4]: the plain layout's kernels and the 16-row-interleaved copy's.
+constexpr RowsKernel kPlainRows[4][2] = {{vnni_rows<1, false>, vnni_rows<1, true>},
+                                         {vnni_rows<2, false>, vnni_rows<2, true>},
+                                         {vnni_rows<3, false>, vnni_rows<3, true>},
+                                         {vnni_rows<4, false>, vnni_rows<4, true>}};
+constexpr RowsKernel kInterleavedRows[4][2] = {{vnni_rows_i16<1, false>, vnni_rows_i16<1, true>},
+                                               {vnni_rows_i16<2, false>, vnni_rows_i16<2, true>},
+                                               {vnni_rows_i16<3, false>, vnni_rows_i16<3, true>},
+                                               {vnni_rows_i16<4, false>, vnni_rows_i16<4, true>}};
+
 void vnni_linear_rows(const QuantRow* const* xq, int64_t M, const LinearRow& p, at::BFloat16* y, int64_t ystride,
                       int64_t n0, int64_t n1) {
-  if (p.w16 && n0 % 16 == 0 && n1 % 16 == 0) {
-    // Up to 4 input rows share each loaded weight vector (more would spill the accumulators).
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const QuantRow* const* xm = xq + m0;
-      at::BFloat16* ym = y + m0 * ystride;
-      const int64_t mc = std::min<int64_t>(4, M - m0);
-      if (p.kind == 2) {
-        switch (mc) {
-          case 1: vnni_rows_i16<1>(xm, p, ym, ystride, n0, n1); break;
-          case 2: vnni_rows_i16<2>(xm, p, ym, ystride, n0, n1); break;
-          case 3: vnni_rows_i16<3>(xm, p, ym, ystride, n0, n1); break;
-          default: vnni_rows_i16<4>(xm, p, ym, ystride, n0, n1); break;
-        }
-      } else {
-        switch (mc) {
-          case 1: vnni_rows_i16_i8<1>(xm, p, ym, ystride, n0, n1); break;
-          case 2: vnni_rows_i16_i8<2>(xm, p, ym, ystride, n0, n1); break;
-          case 3: vnni_rows_i16_i8<3>(xm, p, ym, ystride, n0, n1); break;
-          default: vnni_rows_i16_i8<4>(xm, p, ym, ystride, n0, n1); break;
-        }
-      }
-    }
-    return;
-  }
-  for (int64_t m0 = 0; m0 < M; m0 += 4) {
-    const int64_t mc = std::min<int64_t>(4, M - m0);
-    const QuantRow* const* xm = xq + m0;
-    at::BFloat16* ym = y + m0 * ystride;
-    const bool int4 = p.kind == 2;
-    switch (mc * 2 + int4) {
-      case 2: vnni_rows<1, false>(xm, p, ym, ystride, n0, n1); break;
-      case 3: vnni_rows<1, true>(xm, p, ym, ystride, n0, n1); break;
-      case 4: vnni_rows<2, false>(xm, p, ym, ystride, n0, n1); break;
-      case 5: vnni_rows<2, true>(xm, p, ym, ystride, n0, n1); break;
-      case 6: vnni_rows<3, false>(xm, p, ym, ystride, n0, n1); break;
-      case 7: vnni_rows<3, true>(xm, p, ym, ystride, n0, n1); break;
-      case 8: vnni_rows<4, false>(xm, p, ym, ystride, n0, n1); break;
-      default: vnni_rows<4, true>(xm, p, ym, ystride, n0, n1); break;
-    }
-  }
+  const auto& kernels = p.w16 && n0 % 16 == 0 && n1 % 16 == 0 ? kInterleavedRows : kPlainRows;
+  const int int4 = p.kind == 2;
+  // Up to 4 input rows share each loaded weight vector (more would spill the accumulators).
+  for (int64_t m0 = 0; m0 < M; m0 += 4)
+    kernels[std::min<int64_t>(4, M - m0) - 1][int4](xq + m0, p, y + m0 * ystride, ystride, n0, n1);
 }
 
 // The whole matmul for a few rows (the torch-facing entry point; decode_step.cpp calls the pieces itself).
